@@ -1,0 +1,127 @@
+"""Cross-entropy of a linear output head, optionally in chunks that never hold the full (M, V) logits.
+
+L = mean over targets t_i != ignore_index of  logsumexp_j(z_ij) - z_i,t_i,   z = scale · h W^T   (nats/token).
+
+The chunked path is the "fused linear cross-entropy" trick (as in Liger-Kernel, Hsu et al. 2024): for each chunk
+of rows, compute the logits, the loss and, in the same pass, dL/dz = (softmax(z) - onehot(t)) / n_valid, which
+gives dL/dh = scale · dL/dz W and dL/dW += scale · dL/dz^T h. Only those gradients (the size of h and W) are kept,
+so peak memory holds one (chunk, V) block instead of (M, V); the backward multiplies them by the incoming grad.
+Logits, softmax and the weight gradient are accumulated in float32 (float64 for float64 inputs).
+
+ignore_index=-100 is supported on both paths, as in ``F.cross_entropy``: ignored targets add no loss and no
+gradient, and the mean is over the remaining targets (NaN when every target is ignored, as F.cross_entropy).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+IGNORE_INDEX = -100
+
+
+def _flatten(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden (B, T, d) or (M, d) -> (M, d); targets (B, T) or (M,) -> (M,); checks the shapes agree."""
+    if hidden.ndim not in (2, 3) or weight.ndim != 2 or hidden.size(-1) != weight.size(1):
+        raise ValueError(f"cross_entropy: hidden {tuple(hidden.shape)} must be (B, T, d) or (M, d) and weight "
+                         f"{tuple(weight.shape)} must be (V, d) with the same d")
+    if targets.shape != hidden.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets {tuple(targets.shape)} must match hidden's leading dims "
+                         f"{tuple(hidden.shape[:-1])}")
+    return hidden.reshape(-1, hidden.size(-1)), targets.reshape(-1)
+
+
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)  # float32, or float64 for float64 inputs
+
+
+def _chunk_grad_logits(z: torch.Tensor, lse: torch.Tensor, t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """d(sum of chunk losses)/dz = softmax(z) - onehot(t), zero on ignored rows; overwrites z (c, V)."""
+    g = z.sub_(lse[:, None]).exp_()  # softmax, in place: z is not needed again
+    g[torch.arange(g.size(0), device=g.device), t] -= 1.0
+    return g.mul_(valid[:, None].to(g.dtype))
+
+
+def _chunked(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float, chunk_size: int,
+    ignore_index: int, need_grad_h: bool, need_grad_w: bool,
+) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Mean loss and, where asked, its gradients w.r.t. hidden (M, d) and weight (V, d), chunk by chunk."""
+    acc = _acc_dtype(hidden)
+    valid_all = targets != ignore_index  # (M,)
+    n_valid = valid_all.sum().to(acc)
+    loss_sum = torch.zeros((), dtype=acc, device=hidden.device)
+    grad_h = torch.empty(hidden.shape, dtype=acc, device=hidden.device) if need_grad_h else None  # (M, d)
+    grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_grad_w else None  # (V, d)
+    w_acc = weight.to(acc)
+    for start in range(0, hidden.size(0), chunk_size):
+        rows = slice(start, start + chunk_size)
+        h, valid = hidden[rows], valid_all[rows]  # (c, d), (c,)
+        t = targets[rows].masked_fill(~valid, 0)  # a safe gather index on ignored rows
+        z = (h @ weight.T).to(acc) * scale  # (c, V)
+        lse = torch.logsumexp(z, dim=-1)  # (c,)
+        z_t = z.gather(1, t[:, None]).squeeze(1)  # (c,)
+        loss_sum += ((lse - z_t) * valid).sum()
+        if grad_h is None and grad_w is None:
+            continue
+        g = _chunk_grad_logits(z, lse, t, valid).mul_(scale)  # d(loss sum)/d(h W^T), (c, V)
+        if grad_h is not None:
+            grad_h[rows] = g @ w_acc
+        if grad_w is not None:
+            grad_w.addmm_(g.T, h.to(acc))
+    # Mean over valid targets; 0/0 = NaN when all are ignored, matching F.cross_entropy.
+    loss = loss_sum / n_valid  # float32 (float64) even for half-precision inputs
+    grad_h = (grad_h / n_valid).to(hidden.dtype) if grad_h is not None else None
+    grad_w = (grad_w / n_valid).to(weight.dtype) if grad_w is not None else None
+    return loss, grad_h, grad_w
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Loss in the forward pass together with its gradients; the backward only scales the stored gradients."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, scale, chunk_size, ignore_index):  # type: ignore[override]
+        loss, grad_h, grad_w = _chunked(hidden, weight, targets, scale, chunk_size, ignore_index,
+                                        ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):  # type: ignore[override]
+        grad_h, grad_w = ctx.saved_tensors
+        return (
+            grad_h * grad_loss if grad_h is not None else None,
+            grad_w * grad_loss if grad_w is not None else None,
+            None, None, None, None,
+        )
+
+
+def cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    scale: float = 1.0,
+    chunk_size: Optional[int] = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Mean cross-entropy in nats/token of logits = scale · hidden @ weight.T against targets, as a float32
+    scalar (float64 for float64 inputs).
+
+    hidden (B, T, d) or (M, d); weight (V, d); targets (B, T) or (M,) token ids. ``chunk_size`` None is the
+    reference path (full logits, ``F.cross_entropy``); an int processes that many rows at a time and never
+    materialises the full logits (see the module docstring). Both give the same value and gradients.
+    """
+    h, t = _flatten(hidden, weight, targets)
+    if chunk_size is None:
+        logits = (h @ weight.T).to(_acc_dtype(h)) * scale  # (M, V)
+        return F.cross_entropy(logits, t, ignore_index=ignore_index)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"cross_entropy: chunk_size={chunk_size!r}; use a positive number of rows, or None")
+    if not torch.is_grad_enabled():
+        # Evaluation: no graph is wanted, so skip the gradients (parameters still say requires_grad here).
+        return _chunked(h, weight, t, scale, chunk_size, ignore_index, False, False)[0]
+    return _ChunkedLinearCrossEntropy.apply(h, weight, t, scale, chunk_size, ignore_index)
