@@ -1,0 +1,250 @@
+"""Typed schemas of a training run, registered in Hydra's ConfigStore.
+
+Every field carries its unit. Cross-field rules live in ``__post_init__`` so that a bad config fails when it is
+turned into objects (``OmegaConf.to_object``), before any MLflow run or checkpoint exists. Derived quantities
+(accumulation steps, tokens per step, D from a FLOP budget) are computed from these fields, never stored twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+LR_SCHEDULES = ("constant", "cosine", "linear", "wsd", "power", "inverse_sqrt")
+DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
+BATCH_SCHEDULES = ("constant", "linear", "stepwise")
+LR_RESCALE_RULES = ("none", "linear", "sqrt")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the field, the value and the fix."""
+
+    def __init__(self, field_name: str, value: Any = None, fix: Optional[str] = None):
+        self.field_name = field_name
+        self.value = value
+        # OmegaConf re-raises errors from __post_init__ as type(err)(message): keep that message as it is.
+        super().__init__(field_name if fix is None else f"config error: {field_name}={value!r}: {fix}")
+
+
+def _require(ok: bool, field_name: str, value: Any, fix: str) -> None:
+    if not ok:
+        raise ConfigError(field_name, value, fix)
+
+
+def _one_of(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, field_name, value, f"use one of {', '.join(allowed)}")
+
+
+@dataclass
+class ModelConfig:
+    size: Optional[int] = 2
+    """Size-ladder dial: n_layers = size, d_model = 32·size (see lab.model.size_ladder). Explicit
+    d_model / n_layers / n_heads override it."""
+    d_model: Optional[int] = None
+    n_layers: Optional[int] = None
+    n_heads: Optional[int] = None
+    seq_len: int = 256
+    """Context length in tokens."""
+    vocab_size: int = 256
+    """256 for the built-in byte-level corpus; set to the tokenizer's size for token files."""
+    mlp: str = "swiglu"
+    tie_embeddings: bool = False
+    mup: bool = False
+    """muP width scaling so that the optimal lr transfers across width (Yang et al. 2022)."""
+    mup_base_width: int = 64
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        explicit = (self.d_model, self.n_layers, self.n_heads)
+        _require(
+            self.size is not None or all(v is not None for v in explicit),
+            "model.size",
+            self.size,
+            "set model.size=<ladder dial, e.g. 2> or all of model.d_model, model.n_layers, model.n_heads "
+            "(with model.size=null)",
+        )
+        if self.size is not None:
+            _require(self.size >= 1, "model.size", self.size, "the ladder dial starts at 1")
+        _require(self.seq_len >= 2, "model.seq_len", self.seq_len, "use a context of at least 2 tokens")
+        _one_of("model.mlp", self.mlp, ("swiglu", "gelu"))
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"
+    """'builtin' (the Python standard library's source as bytes) or 'tokens' (token files)."""
+    train: Optional[str] = None
+    """Token file or glob (nanoGPT .bin or llm.c shards) when source=tokens."""
+    val: Optional[str] = None
+    cache_dir: str = ".cache/lab"
+    """Where the built-in corpus is cached as token files (relative to the working directory)."""
+    val_sequences: int = 32
+    """Held-out sequences evaluated at every validation point (fixed across the run)."""
+    max_bytes: Optional[int] = None
+    """Cap on the built-in corpus size in bytes (None: the whole standard library)."""
+
+    def __post_init__(self) -> None:
+        _one_of("data.source", self.source, ("builtin", "tokens"))
+        if self.source == "tokens":
+            _require(bool(self.train), "data.train", self.train, "give a token file or glob: data.train=path/*.bin")
+            _require(bool(self.val), "data.val", self.val, "give a validation token file or glob: data.val=...")
+        _require(self.val_sequences >= 1, "data.val_sequences", self.val_sequences, "use at least 1")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    """Peak learning rate, for the batch the run starts with (see batch.lr_rescale)."""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables clipping."""
+    schedule: str = "cosine"
+    warmup_fraction: float = 0.05
+    """Warmup length as a fraction of the run's tokens (used when warmup_tokens is None)."""
+    warmup_tokens: Optional[float] = None
+    min_lr_ratio: float = 0.1
+    """Final lr as a fraction of the peak."""
+    decay_fraction: float = 0.2
+    """wsd / power: fraction of the run spent decaying."""
+    decay_shape: str = "linear"
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr", self.lr, "the peak learning rate must be > 0, e.g. optim.lr=3e-3")
+        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "use a value >= 0")
+        _require(0 <= self.beta1 < 1, "optim.beta1", self.beta1, "use a value in [0, 1)")
+        _require(0 <= self.beta2 < 1, "optim.beta2", self.beta2, "use a value in [0, 1)")
+        _require(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "use a norm >= 0 (0 disables clipping)")
+        _one_of("optim.schedule", self.schedule, LR_SCHEDULES)
+        _one_of("optim.decay_shape", self.decay_shape, DECAY_SHAPES)
+        _require(0 <= self.warmup_fraction < 1, "optim.warmup_fraction", self.warmup_fraction, "use [0, 1)")
+        _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "use [0, 1]")
+        _require(0 < self.decay_fraction <= 1, "optim.decay_fraction", self.decay_fraction, "use (0, 1]")
+
+
+@dataclass
+class BatchConfig:
+    schedule: str = "constant"
+    """constant | linear (GPT-3 ramp) | stepwise (token milestones, Merrill et al. 2025)."""
+    sequences: int = 16
+    """Global batch in sequences (B in tokens = sequences · model.seq_len); the final batch of a ramp."""
+    micro_batch: int = 8
+    """Sequences per forward pass on one device; batch changes are realised by gradient accumulation."""
+    start_sequences: Optional[int] = None
+    """linear / stepwise: the batch the run starts with."""
+    ramp_tokens: Optional[float] = None
+    """linear: tokens over which the batch grows from start_sequences to sequences."""
+    milestones: list[Any] = field(default_factory=list)
+    """stepwise: [[tokens, sequences], ...], increasing in tokens."""
+    lr_rescale: str = "sqrt"
+    """How lr follows a batch change: none | linear | sqrt (OLMo: lr · sqrt(new/old))."""
+
+    def __post_init__(self) -> None:
+        _one_of("batch.schedule", self.schedule, BATCH_SCHEDULES)
+        _one_of("batch.lr_rescale", self.lr_rescale, LR_RESCALE_RULES)
+        _require(self.micro_batch >= 1, "batch.micro_batch", self.micro_batch, "use at least 1 sequence")
+        _require(self.sequences >= 1, "batch.sequences", self.sequences, "use at least 1 sequence")
+        if self.schedule == "linear":
+            _require(self.start_sequences is not None, "batch.start_sequences", None, "set the ramp's first batch")
+            _require(bool(self.ramp_tokens and self.ramp_tokens > 0), "batch.ramp_tokens", self.ramp_tokens,
+                     "set the ramp length in tokens, e.g. batch.ramp_tokens=1e6")
+        if self.schedule == "stepwise":
+            _require(len(self.milestones) > 0, "batch.milestones", self.milestones,
+                     "give [[tokens, sequences], ...], e.g. batch.milestones=[[1e6,32],[4e6,64]]")
+
+
+@dataclass
+class BudgetConfig:
+    """How long the run trains: D in tokens, or C in FLOPs, or else tokens per parameter (D = ratio · N)."""
+
+    tokens: Optional[float] = None
+    flops: Optional[float] = None
+    """C = 6·N·D with N non-embedding (design §4); D follows from it."""
+    tokens_per_param: float = 20.0
+    """Used only when neither tokens nor flops is set; 20 is Chinchilla's compute-optimal ratio."""
+
+    def __post_init__(self) -> None:
+        _require(self.tokens is None or self.flops is None, "budget", {"tokens": self.tokens, "flops": self.flops},
+                 "set only one of budget.tokens=<D> and budget.flops=<C>")
+        for name in ("tokens", "flops", "tokens_per_param"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"budget.{name}", value, "the training budget must be positive")
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool = True
+    threads: Optional[int] = None
+    """torch intra-op threads; parallel workers must own one thread per core (environment.md)."""
+    val_every_steps: int = 50
+    checkpoint_every_steps: int = 50
+    max_loss: float = 20.0
+    """Divergence ceiling in nats/token: a loss above it (or NaN/inf) ends the run as FAILED."""
+    peak_flops: Optional[float] = None
+    """Peak FLOP/s of one device for MFU; None looks the accelerator up in lab.flops.PEAK_FLOPS."""
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.devices >= 1, "trainer.devices", self.devices, "use at least 1 device")
+        _require(self.num_nodes >= 1, "trainer.num_nodes", self.num_nodes, "use at least 1 node")
+        _require(self.val_every_steps >= 1, "trainer.val_every_steps", self.val_every_steps, "use >= 1")
+        _require(self.checkpoint_every_steps >= 1, "trainer.checkpoint_every_steps",
+                 self.checkpoint_every_steps, "use >= 1")
+        _require(self.max_loss > 0, "trainer.max_loss", self.max_loss, "use a positive loss ceiling")
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI: a SQLite file in the working directory by default, or http://host:port."""
+    experiment: str = "default"
+    run_name: Optional[str] = None
+    """None: a deterministic name from N, D, B, lr and seed."""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    resume: bool = False
+    """Continue the run named tracking.run_name from its last checkpoint, into the same MLflow run."""
+    checkpoint_dir: str = "checkpoints"
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.devices * self.trainer.num_nodes
+
+    def __post_init__(self) -> None:
+        granularity = self.batch.micro_batch * self.world_size
+        batches = [self.batch.sequences]
+        if self.batch.start_sequences is not None:
+            batches.append(self.batch.start_sequences)
+        batches += [int(m[1]) for m in self.batch.milestones]
+        for b in batches:
+            _require(b % granularity == 0, "batch.sequences", b,
+                     f"every global batch must be a multiple of micro_batch x devices = {granularity}; "
+                     f"change batch.sequences / batch.micro_batch / trainer.devices")
+        vocab_is_bytes = self.data.source != "builtin" or self.model.vocab_size == 256
+        _require(vocab_is_bytes, "model.vocab_size", self.model.vocab_size,
+                 "the built-in corpus is byte-level: use model.vocab_size=256")
+
+
+def register() -> None:
+    """Put the schema in Hydra's ConfigStore; conf/train.yaml lists it first in its defaults."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

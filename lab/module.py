@@ -1,0 +1,158 @@
+"""The LightningModule: one optimizer step per batch of micro-batches, with schedules, noise scale and logging.
+
+Optimization is manual because a step's batch size changes over a run (batch-size schedules are realised by
+gradient accumulation over a fixed micro-batch) and because the gradient noise scale needs the norm of one
+micro-batch's gradient next to the accumulated one (McCandlish et al. 2018, appendix A).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from torch import nn
+
+from lab.config import OptimConfig
+from lab.losses import cross_entropy
+from lab.noise import NoiseScale, grad_sq_norm
+from lab.schedules import PlanStep
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN/inf or rose above the configured ceiling; the run ends FAILED with this reason."""
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """Per-token constants the module reports against."""
+
+    seq_len: int
+    flops_per_token: float
+    """Training FLOPs per token, attention included (lab.flops.flops_per_token)."""
+    peak_flops: float
+    """Peak FLOP/s of all devices together, the MFU denominator."""
+    bytes_per_token: Optional[float]
+    """1.0 for byte-level tokens; None when unknown (then val/bpb is not logged)."""
+
+
+class LitGPT(L.LightningModule):
+    def __init__(self, model: nn.Module, optim: OptimConfig, plan: list[PlanStep], accounting: Accounting,
+                 val_data: tuple[torch.Tensor, torch.Tensor], val_every_steps: int, max_loss: float,
+                 micro_batch: int):
+        super().__init__()
+        self.model = model
+        self.optim_cfg = optim
+        self.plan = plan
+        self.acct = accounting
+        self.val_x, self.val_y = val_data
+        self.val_every_steps = val_every_steps
+        self.max_loss = max_loss
+        self.micro_batch = micro_batch
+        self.automatic_optimization = False
+        self.noise = NoiseScale()
+        self.last_val_loss = math.nan
+        self._last_step_end: Optional[float] = None
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = self.model.param_groups(self.optim_cfg.lr, self.optim_cfg.weight_decay)
+        for g in groups:
+            g["lr_peak"] = g["lr"]  # per-group peak (muP scales hidden matrices); the schedule multiplies it
+        on_cuda = self.device.type == "cuda"
+        return torch.optim.AdamW(groups, betas=(self.optim_cfg.beta1, self.optim_cfg.beta2), eps=self.optim_cfg.eps,
+                                 fused=True if on_cuda else None, foreach=None if on_cuda else True)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(self.model.hidden(x), self.model.output_weight, y, scale=self.model.logit_scale)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        opt = self.optimizers()
+        p = self.plan[int(batch["step"])]
+        scale = p.lr / self.optim_cfg.lr
+        for g in opt.optimizer.param_groups:
+            g["lr"] = g["lr_peak"] * scale
+
+        x, y = batch["x"], batch["y"]  # (A, micro, T) on this rank
+        accum = x.shape[0]
+        loss_sum = torch.zeros((), device=self.device)
+        micro_sq = math.nan
+        for i in range(accum):
+            loss = self._loss(x[i], y[i])
+            self.manual_backward(loss / accum)
+            loss_sum += loss.detach()
+            if i == 0 and accum > 1:
+                # .grad holds g_micro/accum right after the first backward: one norm per step gives |g_micro|².
+                micro_sq = grad_sq_norm(self.model.parameters()) * accum**2
+        train_loss = (loss_sum / accum).item()
+        if not math.isfinite(train_loss) or train_loss > self.max_loss:
+            raise DivergedError(f"train/loss={train_loss:.4g} at step {p.step + 1} "
+                                f"(ceiling trainer.max_loss={self.max_loss})")
+
+        clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+        tokens_step = p.sequences * self.acct.seq_len
+        tokens = p.tokens_before + tokens_step
+        step = p.step + 1
+        now = time.perf_counter()
+        dt = now - self._last_step_end if self._last_step_end is not None else math.nan
+        self._last_step_end = now
+        metrics = {
+            "train/loss": train_loss,
+            "lr": p.lr,
+            "batch_tokens": float(tokens_step),
+            "tokens": float(tokens),
+            "flops": self.acct.flops_per_token * tokens,
+            "grad_norm": grad_norm,
+        }
+        if math.isfinite(dt) and dt > 0:
+            tps = tokens_step / dt
+            metrics["throughput/tokens_per_s"] = tps
+            metrics["mfu"] = tps * self.acct.flops_per_token / self.acct.peak_flops
+        if accum > 1:
+            b_micro = self.micro_batch * self.acct.seq_len
+            b_simple = self.noise.update(micro_sq, b_micro, grad_norm**2, tokens_step)
+            if b_simple is not None and math.isfinite(b_simple):
+                metrics["noise/b_simple"] = b_simple
+        if step % self.val_every_steps == 0 or step == len(self.plan):
+            metrics.update(self.validate_now())
+        self.log("loss", train_loss, prog_bar=True, logger=False)
+        if "throughput/tokens_per_s" in metrics:
+            self.log("tok/s", metrics["throughput/tokens_per_s"], prog_bar=True, logger=False)
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=step)
+
+    @torch.no_grad()
+    def validate_now(self) -> dict[str, float]:
+        """Mean loss on the fixed held-out sequences, in nats/token (and bits/byte for byte-level data)."""
+        was_training = self.model.training
+        self.model.eval()
+        x, y = self.val_x.to(self.device), self.val_y.to(self.device)
+        losses = [self._loss(x[i:i + self.micro_batch], y[i:i + self.micro_batch]) * len(x[i:i + self.micro_batch])
+                  for i in range(0, len(x), self.micro_batch)]
+        self.model.train(was_training)
+        val = float(torch.stack(losses).sum() / len(x))
+        self.last_val_loss = val
+        out = {"val/loss": val}
+        if self.acct.bytes_per_token:
+            out["val/bpb"] = val / math.log(2) / self.acct.bytes_per_token
+        self.log("val", val, prog_bar=True, logger=False)
+        return out
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Every metric up to this step must be in the store before the checkpoint exists: a resume starts here
+        # and skips the steps already recorded, so each step lands exactly once.
+        if self.logger is not None and hasattr(self.logger, "flush"):
+            self.logger.flush()
+        checkpoint["lab"] = {"noise": self.noise.state_dict(), "last_val_loss": self.last_val_loss}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("lab", {})
+        if "noise" in state:
+            self.noise.load_state_dict(state["noise"])
+        self.last_val_loss = state.get("last_val_loss", math.nan)

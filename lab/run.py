@@ -1,0 +1,228 @@
+"""One training run from a validated config: size the model, plan the steps, train, record, summarise.
+
+Everything that can reject a config (sizes, budgets, schedules, data files, a missing checkpoint to resume) runs
+before the MLflow run is created, so a rejected config leaves nothing half-recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import OmegaConf
+
+from lab import flops
+from lab.config import ConfigError, TrainConfig
+from lab.datamodule import TokenData
+from lab.model import GPT, GPTConfig, resolve_size
+from lab.module import Accounting, DivergedError, LitGPT
+from lab.progress import StepProgressBar
+from lab.schedules import BatchSchedule, LRSchedule, PlanStep, plan as schedule_plan
+from lab.tracking import RunLogger, ensure_store, git_state, recorded_steps
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    run_name: str
+    status: str
+    """FINISHED or FAILED (MLflow's run status)."""
+    reason: Optional[str]
+    N: int
+    """Non-embedding parameters (Kaplan)."""
+    N_total: int
+    D: int
+    """Tokens trained on."""
+    C: float
+    """6·N·D FLOPs."""
+    B_tokens: int
+    final_val_loss: float
+
+
+def model_config(cfg: TrainConfig) -> GPTConfig:
+    m = cfg.model
+    size = resolve_size(m.size, m.d_model, m.n_layers, m.n_heads)
+    return GPTConfig(vocab_size=m.vocab_size, seq_len=m.seq_len, mlp=m.mlp, tie_embeddings=m.tie_embeddings,
+                     mup=m.mup, mup_base_width=m.mup_base_width, init_std=m.init_std, **size)
+
+
+def budget_tokens(cfg: TrainConfig, N: int) -> int:
+    """D in tokens from whichever budget is set (C = 6·N·D when given in FLOPs)."""
+    b = cfg.budget
+    if b.tokens is not None:
+        D = b.tokens
+    elif b.flops is not None:
+        D = flops.tokens_for_budget(b.flops, N)
+    else:
+        D = b.tokens_per_param * N
+    tokens_per_step = cfg.batch.sequences * cfg.model.seq_len
+    if D < tokens_per_step:
+        raise ConfigError("budget", D, f"the budget is {D:.3g} tokens, less than one step of "
+                          f"{tokens_per_step} tokens (batch.sequences x model.seq_len); raise it")
+    return int(D)
+
+
+def step_plan(cfg: TrainConfig, D: int) -> list[PlanStep]:
+    o, b = cfg.optim, cfg.batch
+    warmup = o.warmup_tokens if o.warmup_tokens is not None else o.warmup_fraction * D
+    start = b.start_sequences if b.start_sequences is not None else b.sequences
+    lr_s = LRSchedule(name=o.schedule, warmup_tokens=warmup, total_tokens=D, min_lr_ratio=o.min_lr_ratio,
+                      decay_fraction=o.decay_fraction, decay_shape=o.decay_shape,
+                      power_batch=start, power_lr_max=o.lr)
+    batch_s = BatchSchedule(name=b.schedule, sequences=b.sequences, start_sequences=start,
+                            ramp_tokens=b.ramp_tokens or 0,
+                            milestones=tuple((int(t), int(s)) for t, s in b.milestones),
+                            granularity=b.micro_batch * cfg.world_size)
+    return schedule_plan(lr_s, batch_s, D, cfg.model.seq_len, o.lr, b.lr_rescale)
+
+
+def default_run_name(N: int, D: int, cfg: TrainConfig) -> str:
+    """Deterministic, so a sweep finds its runs again: N, D, B (tokens), lr, seed."""
+    B = cfg.batch.sequences * cfg.model.seq_len
+    return f"N{N:.3g}-D{D:.3g}-B{B}-lr{cfg.optim.lr:g}-s{cfg.seed}".replace("+", "")
+
+
+def flat_params(cfg: TrainConfig) -> dict[str, Any]:
+    def walk(prefix: str, node: Any) -> dict[str, Any]:
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for k, v in node.items():
+                out.update(walk(f"{prefix}.{k}" if prefix else str(k), v))
+            return out
+        return {prefix: node}
+
+    return walk("", dataclasses.asdict(cfg))
+
+
+def peak_flops(cfg: TrainConfig) -> float:
+    """The MFU denominator: one device's peak FLOP/s (looked up by name unless configured) times devices."""
+    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
+    device = torch.cuda.get_device_name() if on_gpu else "cpu"
+    return flops.peak_flops_for(device, cfg.trainer.peak_flops) * cfg.world_size
+
+
+def checkpoint_dir(cfg: TrainConfig, run_name: str) -> Path:
+    return Path(cfg.checkpoint_dir) / cfg.tracking.experiment / run_name
+
+
+def _resume_target(ckpt_dir: Path) -> tuple[str, Path]:
+    meta, last = ckpt_dir / "run.json", ckpt_dir / "last.ckpt"
+    if not meta.exists() or not last.exists():
+        raise ConfigError("resume", True, f"no checkpoint to resume in {ckpt_dir} (need run.json and last.ckpt); "
+                          "give the same tracking.run_name / tracking.experiment / checkpoint_dir as the first "
+                          "launch, or drop resume=true to start a new run")
+    return json.loads(meta.read_text())["run_id"], last
+
+
+@dataclass
+class PreparedRun:
+    """A run that passed every check: what remains can only fail by training."""
+
+    cfg: TrainConfig
+    gpt_cfg: GPTConfig
+    N: int
+    N_total: int
+    D: int
+    plan: list[PlanStep]
+    data: TokenData
+    run_name: str
+    ckpt_dir: Path
+    resume_run_id: Optional[str]
+    resume_ckpt: Optional[Path]
+    peak_flops: float
+
+
+def prepare(cfg: TrainConfig) -> PreparedRun:
+    """Size, budget, schedules, data and resume target; raises a ValueError naming the problem and the fix."""
+    gpt_cfg = model_config(cfg)
+    N, N_total = flops.non_embedding_params(gpt_cfg), flops.total_params(gpt_cfg)
+    plan = step_plan(cfg, budget_tokens(cfg, N))
+    D = plan[-1].tokens_before + plan[-1].sequences * cfg.model.seq_len
+    data = TokenData(cfg.data, seq_len=cfg.model.seq_len, seed=cfg.seed, plan=plan,
+                     micro_batch=cfg.batch.micro_batch)
+    data.prepare()  # builds or opens the corpus; bad token files fail here
+    run_name = cfg.tracking.run_name or default_run_name(N, D, cfg)
+    ckpt_dir = checkpoint_dir(cfg, run_name)
+    run_id, ckpt_path = _resume_target(ckpt_dir) if cfg.resume else (None, None)
+    return PreparedRun(cfg, gpt_cfg, N, N_total, D, plan, data, run_name, ckpt_dir, run_id, ckpt_path,
+                       peak_flops(cfg))
+
+
+def train(cfg: TrainConfig) -> RunResult:
+    return execute(prepare(cfg))
+
+
+def execute(p: PreparedRun) -> RunResult:
+    cfg, gpt_cfg, N, N_total, D, plan, data = p.cfg, p.gpt_cfg, p.N, p.N_total, p.D, p.plan, p.data
+    run_name, ckpt_dir, run_id, ckpt_path = p.run_name, p.ckpt_dir, p.resume_run_id, p.resume_ckpt
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    ensure_store(cfg.tracking.uri)
+    logger = RunLogger(experiment_name=cfg.tracking.experiment, run_name=run_name, tracking_uri=cfg.tracking.uri,
+                       tags={**git_state(), **cfg.tracking.tags}, run_id=run_id)
+    if run_id is None:
+        B_tokens = cfg.batch.sequences * cfg.model.seq_len
+        logger.log_hyperparams({**flat_params(cfg), "N": N, "N_total": N_total, "seq_len": cfg.model.seq_len,
+                                "B_tokens": B_tokens, "B_sequences": cfg.batch.sequences, "D": D,
+                                "C": flops.training_flops(N, D), "steps": len(plan),
+                                "flops_per_token": flops.flops_per_token(gpt_cfg), "peak_flops": p.peak_flops})
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / "run.json").write_text(json.dumps({"run_id": logger.run_id, "run_name": run_name}))
+    else:
+        logger._skip_through = recorded_steps(logger.experiment, run_id)
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = LitGPT(
+        GPT(gpt_cfg), cfg.optim, plan,
+        Accounting(seq_len=cfg.model.seq_len, flops_per_token=flops.flops_per_token(gpt_cfg),
+                   peak_flops=p.peak_flops, bytes_per_token=1.0 if cfg.data.source == "builtin" else None),
+        val_data=data.validation(), val_every_steps=cfg.trainer.val_every_steps, max_loss=cfg.trainer.max_loss,
+        micro_batch=cfg.batch.micro_batch)
+    t = cfg.trainer
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, deterministic=t.deterministic, max_steps=len(plan), max_epochs=1,
+        logger=logger, enable_progress_bar=t.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=0, log_every_n_steps=1,
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_steps,
+                                   save_last=True, save_top_k=0, save_on_train_epoch_end=False),
+                   *([StepProgressBar(len(plan))] if t.progress_bar else [])])
+    status, reason = "FINISHED", None
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    except DivergedError as err:
+        status, reason = "FAILED", str(err)
+        logger.set_tags({"status_reason": reason})
+    except BaseException as err:
+        # Lightning has already ended the MLflow run as FAILED; record why, then let the error surface.
+        logger.set_tags({"status_reason": f"{type(err).__name__}: {err}"[:5000]})
+        raise
+    final = module.last_val_loss
+    result = RunResult(run_id=logger.run_id, run_name=run_name, status=status, reason=reason, N=N, N_total=N_total,
+                       D=D, C=flops.training_flops(N, D), B_tokens=cfg.batch.sequences * cfg.model.seq_len,
+                       final_val_loss=final)
+    logger.log_summary({**dataclasses.asdict(result), "final_val_loss": final},
+                       OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return result
+
+
+def quiet_lightning() -> None:
+    """Lightning's tips about workers and tensor cores are noise on a CPU laptop run."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Our checkpoints are taken after the step on purpose: a resume continues with the next step.
+    warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(".cache/torchinductor").resolve()))
