@@ -210,6 +210,8 @@ class TrackingConfig:
     run_name: Optional[str] = None
     """None: a deterministic name from N, D, B, lr and seed."""
     tags: dict[str, str] = field(default_factory=dict)
+    parent_run_id: Optional[str] = None
+    """The sweep's parent run: this run is recorded as its child (MLflow's mlflow.parentRunId tag)."""
 
 
 @dataclass

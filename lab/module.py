@@ -55,6 +55,8 @@ class LitGPT(L.LightningModule):
         self.automatic_optimization = False
         self.noise = NoiseScale()
         self.last_val_loss = math.nan
+        self.last_val_tokens = 0
+        """Tokens seen at the last validation: callbacks (pruners) read it with last_val_loss."""
         self._last_step_end: Optional[float] = None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -121,6 +123,7 @@ class LitGPT(L.LightningModule):
                 metrics["noise/b_simple"] = b_simple
         if step % self.val_every_steps == 0 or step == len(self.plan):
             metrics.update(self.validate_now())
+            self.last_val_tokens = tokens
         self.log("loss", train_loss, prog_bar=True, logger=False)
         if "throughput/tokens_per_s" in metrics:
             self.log("tok/s", metrics["throughput/tokens_per_s"], prog_bar=True, logger=False)

@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import lightning as L
@@ -155,18 +156,22 @@ def prepare(cfg: TrainConfig) -> PreparedRun:
                        peak_flops(cfg))
 
 
-def train(cfg: TrainConfig) -> RunResult:
-    return execute(prepare(cfg))
+def train(cfg: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> RunResult:
+    return execute(prepare(cfg), callbacks)
 
 
-def execute(p: PreparedRun) -> RunResult:
+def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
+    """Train a prepared run; ``callbacks`` are extra Lightning callbacks (e.g. an Optuna pruner)."""
     cfg, gpt_cfg, N, N_total, D, plan, data = p.cfg, p.gpt_cfg, p.N, p.N_total, p.D, p.plan, p.data
     run_name, ckpt_dir, run_id, ckpt_path = p.run_name, p.ckpt_dir, p.resume_run_id, p.resume_ckpt
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     ensure_store(cfg.tracking.uri)
     logger = RunLogger(experiment_name=cfg.tracking.experiment, run_name=run_name, tracking_uri=cfg.tracking.uri,
-                       tags={**git_state(), **cfg.tracking.tags}, run_id=run_id)
+                       tags={**git_state(), **cfg.tracking.tags,
+                             **({"mlflow.parentRunId": cfg.tracking.parent_run_id}
+                                if cfg.tracking.parent_run_id else {})},
+                       run_id=run_id)
     if run_id is None:
         B_tokens = cfg.batch.sequences * cfg.model.seq_len
         logger.log_hyperparams({**flat_params(cfg), "N": N, "N_total": N_total, "seq_len": cfg.model.seq_len,
@@ -193,7 +198,7 @@ def execute(p: PreparedRun) -> RunResult:
         limit_val_batches=0, log_every_n_steps=1,
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_steps,
                                    save_last=True, save_top_k=0, save_on_train_epoch_end=False),
-                   *([StepProgressBar(len(plan))] if t.progress_bar else [])])
+                   *([StepProgressBar(len(plan))] if t.progress_bar else []), *callbacks])
     status, reason = "FINISHED", None
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
