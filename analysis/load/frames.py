@@ -1,0 +1,271 @@
+"""Store-independent half of the loader: raw tables in, tidy frames out.
+
+Both readers (``sql.py`` reading MLflow's tables, ``client.py`` going through ``MlflowClient``) hand over the same
+raw tables (``RawRuns`` and a raw curve frame, schemas below); everything a user sees is built here from them,
+once, so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import polars as pl
+
+
+class LoadError(ValueError):
+    """A store, experiment, run or table cannot be loaded as asked; the message says why and how to fix it."""
+
+
+# Metric names written by the training side (design §5).
+VAL_LOSS, TRAIN_LOSS, TOKENS, FLOPS = "val/loss", "train/loss", "tokens", "flops"
+FINAL_KEYS = (VAL_LOSS, TRAIN_LOSS, TOKENS, FLOPS)
+
+# Tags that get a bare column; every other user tag becomes ``tag.<key>``. MLflow's own ``mlflow.*`` tags
+# (user, source, run name, ...) are dropped, except the parent run id of nested runs.
+NAMED_TAGS = {
+    "sweep": "sweep",
+    "design": "design",
+    "mlflow.parentRunId": "parent_run_id",
+    "status_reason": "status_reason",
+    "git_commit": "git_commit",
+    "git_dirty": "git_dirty",
+}
+# Numeric run columns taken from params (design §4/§5): column -> param keys tried in order.
+PARAM_COLUMNS = {
+    "N": ("N",),  # non-embedding parameters
+    "N_total": ("N_total",),
+    "B": ("B_tokens",),  # global batch, tokens
+    "B_sequences": ("B_sequences",),
+    "lr": ("optim.lr",),  # peak learning rate
+    "seq_len": ("seq_len", "model.seq_len"),
+}
+# Param strings that mean "no value" (Hydra's None, JSON null); they become null when a column is numeric.
+NULL_STRINGS = ("None", "null", "none", "")
+
+# Raw schemas the readers must produce. Times are epoch milliseconds, as MLflow stores them.
+RAW_RUNS = {
+    "run_id": pl.String, "run_name": pl.String, "experiment_id": pl.String, "experiment": pl.String,
+    "status": pl.String, "start_time": pl.Int64, "end_time": pl.Int64, "artifact_uri": pl.String,
+}
+RAW_KV = {"run_id": pl.String, "key": pl.String, "value": pl.String}
+# MLflow's "latest" value of each FINAL_KEYS metric (highest step, then timestamp, then value); `step` is read only
+# for train/loss, so a reader may leave it null for the other keys.
+RAW_LATEST = {"run_id": pl.String, "key": pl.String, "value": pl.Float64, "step": pl.Int64}
+RAW_BEST = {"run_id": pl.String, "best_val_loss": pl.Float64}
+RAW_CURVES = {"run_id": pl.String, "metric": pl.String, "step": pl.Int64, "value": pl.Float64, "timestamp": pl.Int64}
+
+RUN_COLUMNS = {
+    "run_id": pl.String, "run_name": pl.String, "experiment_id": pl.String, "experiment": pl.String,
+    "status": pl.String,
+    "start_time": pl.Datetime("ms", "UTC"), "end_time": pl.Datetime("ms", "UTC"),
+    **{column: pl.String for column in NAMED_TAGS.values()},
+    "N": pl.Float64, "N_total": pl.Float64, "D": pl.Float64, "C": pl.Float64, "B": pl.Float64,
+    "B_sequences": pl.Float64, "lr": pl.Float64, "seq_len": pl.Float64,
+    "loss": pl.Float64, "final_val_loss": pl.Float64, "best_val_loss": pl.Float64, "final_train_loss": pl.Float64,
+    "steps": pl.Int64,
+}
+CURVE_COLUMNS = {
+    "run_id": pl.String, "metric": pl.String, "step": pl.Int64, "value": pl.Float64,
+    "timestamp": pl.Datetime("ms", "UTC"), "tokens": pl.Float64, "flops": pl.Float64,
+}
+
+
+@dataclass(frozen=True)
+class RawRuns:
+    """What a reader returns for `load_runs`: active runs of the selected experiments, in the RAW_* schemas."""
+
+    runs: pl.DataFrame
+    tags: pl.DataFrame
+    params: pl.DataFrame
+    latest: pl.DataFrame
+    best: pl.DataFrame
+
+
+def empty(schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    return pl.DataFrame(schema=dict(schema))
+
+
+def conform(df: pl.DataFrame, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """Select and cast a reader's frame to a raw schema (drivers differ in int widths and booleans)."""
+    return df.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+
+
+def select_experiments(active: pl.DataFrame, wanted: Sequence[str] | None) -> list[str]:
+    """Experiment ids for the requested names (all active experiments for None); unknown names are an error.
+
+    `active` has columns experiment_id, name (active experiments only).
+    """
+    if wanted is None:
+        return sorted(active["experiment_id"].to_list())
+    known = dict(zip(active["name"].to_list(), active["experiment_id"].to_list()))
+    missing = [name for name in wanted if name not in known]
+    if missing:
+        raise LoadError(
+            f"experiment(s) {missing} not found among the active experiments of the store "
+            f"(available: {sorted(known)}); pass one of those names, or experiment=None for all")
+    return [known[name] for name in wanted]
+
+
+def check_run_ids(runs: pl.DataFrame, run_ids: Sequence[str] | None) -> None:
+    """Every requested run id must be an active run of the selected experiments."""
+    if run_ids is None:
+        return
+    missing = sorted(set(run_ids) - set(runs["run_id"].to_list()))
+    if missing:
+        raise LoadError(
+            f"run id(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} are not active runs of the selected "
+            "experiments (deleted, misspelt, or in another experiment); check them with load_runs()")
+
+
+def normalise_experiments(experiment: str | Sequence[str] | None) -> list[str] | None:
+    if experiment is None:
+        return None
+    if isinstance(experiment, str):
+        return [experiment]
+    names = list(experiment)
+    if not all(isinstance(name, str) for name in names):
+        raise LoadError(f"experiment must be a name, a list of names or None, got {experiment!r}")
+    return names
+
+
+def _epoch_ms(column: str) -> pl.Expr:
+    return pl.from_epoch(pl.col(column), time_unit="ms").dt.replace_time_zone("UTC")
+
+
+def _numeric_or_string(column: pl.Series) -> pl.Series:
+    """Float64 when every value that is not a null string parses as a number, otherwise the strings unchanged."""
+    values = column.filter(column.is_not_null() & ~column.is_in(NULL_STRINGS))
+    parsed = values.str.strip_chars().cast(pl.Float64, strict=False)
+    if values.len() == 0 or parsed.null_count() > 0:
+        return column
+    # Every other value parses, so the lenient cast turns exactly the null strings into nulls.
+    return column.str.strip_chars().cast(pl.Float64, strict=False)
+
+
+def _wide(long: pl.DataFrame, run_ids: pl.Series, rename: Mapping[str, str]) -> pl.DataFrame:
+    """One row per run, one String column per key (renamed), from a (run_id, key, value) frame."""
+    base = pl.DataFrame({"run_id": run_ids})
+    long = long.filter(pl.col("key").is_in(list(rename)))
+    if long.height == 0:
+        return base
+    wide = long.pivot(on="key", index="run_id", values="value")
+    wide = wide.rename({key: rename[key] for key in wide.columns if key != "run_id"})
+    # Columns in the order of `rename`, not of first appearance, which differs between readers.
+    return base.join(wide, on="run_id", how="left").select("run_id", *[c for c in rename.values()
+                                                                         if c in wide.columns])
+
+
+def _summary(artifact_uri: str | None) -> dict:
+    """The run's summary.json (design §5) when its artifacts are on a local path; {} otherwise.
+
+    Only read for runs whose metrics or params lack a value (a run that never logged `tokens`, say), so loading a
+    healthy store touches no artifact. Remote artifact stores (s3:, mlflow-artifacts:) are not fetched.
+    """
+    if not artifact_uri:
+        return {}
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return {}
+    path = Path(unquote(parsed.path) if parsed.scheme == "file" else artifact_uri) / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise LoadError(f"{path} is not valid JSON ({err}); fix or delete that summary artifact") from err
+    return summary if isinstance(summary, dict) else {}
+
+
+def _fill_from_summaries(df: pl.DataFrame, artifact_uris: pl.Series) -> pl.DataFrame:
+    """Fill N, N_total, D, C, final_val_loss from summary.json where the store left them null."""
+    columns = ["N", "N_total", "D", "C", "final_val_loss"]
+    lacking = df.select(pl.any_horizontal(pl.col(columns).is_null())).to_series()
+    if not lacking.any():
+        return df
+    fill: dict[str, list[float | None]] = {column: [] for column in columns}
+    for row, uri in zip(lacking.to_list(), artifact_uris.to_list()):
+        summary = _summary(uri) if row else {}
+        for column in columns:
+            value = summary.get(column)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            fill[column].append(float(value) if ok else None)
+    return df.with_columns(pl.coalesce(pl.col(c), pl.Series(values=fill[c], dtype=pl.Float64)).alias(c)
+                           for c in columns)
+
+
+def assemble_runs(raw: RawRuns, filter_tags: Mapping[str, object] | None) -> pl.DataFrame:
+    """The tidy runs frame (schema in ``analysis.load``'s docstring) from a reader's raw tables."""
+    runs = raw.runs
+    for key, value in (filter_tags or {}).items():
+        match = raw.tags.filter((pl.col("key") == key) & (pl.col("value") == str(value)))["run_id"]
+        runs = runs.filter(pl.col("run_id").is_in(match.implode()))
+    ids = runs["run_id"]
+    selected = pl.col("run_id").is_in(ids.implode())
+    tags, params = raw.tags.filter(selected), raw.params.filter(selected)
+
+    named = _wide(tags, ids, NAMED_TAGS)
+    user_tags = sorted(set(tags["key"].to_list()) - set(NAMED_TAGS))
+    user_tags = [key for key in user_tags if not key.startswith("mlflow.")]
+    extra_tags = _wide(tags, ids, {key: f"tag.{key}" for key in user_tags})
+    params = _wide(params, ids, {key: f"param.{key}" for key in sorted(set(params["key"].to_list()))})
+    params = params.with_columns(_numeric_or_string(params[c]) for c in params.columns if c != "run_id")
+
+    latest = raw.latest.filter(selected)
+    final = {key: latest.filter(pl.col("key") == key).select("run_id", pl.col("value").alias(key), "step")
+             for key in FINAL_KEYS}
+    df = (runs.join(named, on="run_id", how="left")
+          .join(final[VAL_LOSS].drop("step"), on="run_id", how="left")
+          .join(final[TRAIN_LOSS].rename({"step": "steps"}), on="run_id", how="left")
+          .join(final[TOKENS].drop("step"), on="run_id", how="left")
+          .join(final[FLOPS].drop("step"), on="run_id", how="left")
+          .join(raw.best, on="run_id", how="left")
+          .join(params, on="run_id", how="left")
+          .join(extra_tags, on="run_id", how="left"))
+
+    def param(keys: Sequence[str]) -> pl.Expr:
+        present = [pl.col(f"param.{k}") for k in keys if f"param.{k}" in df.columns]
+        if not present:
+            return pl.lit(None, dtype=pl.Float64)
+        return pl.coalesce([p.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False) for p in present])
+
+    df = df.with_columns(
+        *(pl.col(c) if c in df.columns else pl.lit(None, dtype=pl.String).alias(c) for c in NAMED_TAGS.values()),
+        *(param(keys).alias(column) for column, keys in PARAM_COLUMNS.items()),
+        pl.col(TOKENS).alias("D"),
+        pl.col(FLOPS).alias("C"),
+        pl.col(VAL_LOSS).alias("final_val_loss"),
+        pl.col(TRAIN_LOSS).alias("final_train_loss"),
+    )
+    df = _fill_from_summaries(df, df["artifact_uri"])
+    # C defaults to 6·N·D (Kaplan et al. 2020, eq. 2.1 without the attention term) when no flops were recorded.
+    df = df.with_columns(
+        pl.coalesce(pl.col("C"), 6.0 * pl.col("N") * pl.col("D")).alias("C"),
+        pl.col("final_val_loss").alias("loss"),
+        _epoch_ms("start_time").alias("start_time"),
+        _epoch_ms("end_time").alias("end_time"),
+    )
+    extra = [c for c in extra_tags.columns if c != "run_id"] + [c for c in params.columns if c != "run_id"]
+    df = df.select(*[pl.col(c).cast(t) for c, t in RUN_COLUMNS.items()], *extra)
+    return df.sort(["experiment", "start_time", "run_id"], nulls_last=True)
+
+
+def assemble_curves(raw: pl.DataFrame, metrics: Sequence[str] | None) -> pl.DataFrame:
+    """The tidy curves frame: every recorded row, with tokens and flops at the same (run_id, step) joined on.
+
+    Duplicate (run, metric, step) rows (a metric logged twice) are all kept; for the tokens/flops lookup the row
+    with the latest timestamp (then the larger value) wins, so the join never multiplies rows.
+    """
+    raw = raw.sort(["run_id", "metric", "step", "timestamp", "value"])
+    # Sorted, so the last row of each (run, metric, step) group is the latest timestamp, then the larger value.
+    lookup = raw.filter(pl.col("metric").is_in([TOKENS, FLOPS])).unique(["run_id", "metric", "step"], keep="last")
+    curves = raw if metrics is None else raw.filter(pl.col("metric").is_in(list(metrics)))
+    for key in (TOKENS, FLOPS):
+        column = lookup.filter(pl.col("metric") == key).select("run_id", "step", pl.col("value").alias(key))
+        curves = curves.join(column, on=["run_id", "step"], how="left", maintain_order="left")
+    curves = curves.with_columns(_epoch_ms("timestamp").alias("timestamp"))
+    return curves.select([pl.col(c).cast(t) for c, t in CURVE_COLUMNS.items()])
