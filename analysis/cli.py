@@ -1,0 +1,323 @@
+"""`lab-fit`: fit scaling laws to recorded runs or a table, print them with intervals, write them as JSON.
+
+    lab-fit loss --input runs.csv --form chinchilla --bootstrap 1000 --target-C 1e24 --out fit.json
+    lab-fit loss --tracking-uri sqlite:///mlflow.db --sweep grid-1 --form 'L(N)' --holdout-above 1e15
+    lab-fit isoflop --tracking-uri sqlite:///mlflow.db --sweep isoflop-1 --target-C 1e18 --out iso.json
+    lab-fit hparams --input landscape.csv --method auto --target-N 1e8 --target-D 2e9 --out hp.json
+    lab-fit cbs --input branches.csv --seq-len 256 --total-tokens 2e9 --out cbs.json
+
+Runs come from --input, a CSV or Parquet table (`analysis.load.load_table`, design §4 column names), or from
+--tracking-uri, an MLflow store (`analysis.load.load_runs`) narrowed by --experiment and --sweep (tag sweep=ID):
+FINISHED runs only, sweep parent runs dropped; N = param N (non-embedding; --total-params: N_total), D = last
+`tokens`, C = last `flops` (else 6·N·D), B = param B_tokens, lr = param optim.lr, loss = final val/loss (nats/token).
+Finished runs lacking a value the law needs are skipped and named on stderr. For `cbs`, branch runs carry tags
+branch_of=<reference run id> and checkpoint_tokens=<tokens seen at the branch point>; a checkpoint's reference
+loss is its branch at --reference-B (the reference's own batch), else at its smallest B.
+
+Tables go to stdout, progress to stderr, the result to --out as strict JSON (NaN as null). Bad input (a missing
+file or column, NaN, non-positive values, too few points) prints one line `error: ...` naming the problem and the
+fix, exits with status 2 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from analysis import report
+from analysis.extrapolate import holdout_check
+from analysis.laws.cbs import CBS_TOLERANCE, fit_cbs_curve, local_cbs, propose_batch_warmup
+from analysis.laws.hparams import PLATEAU_TOLERANCE, fit_hparams, predict_hparams
+from analysis.laws.isoflop import BUDGET_REL_TOL, fit_isoflop, predict_optimal
+from analysis.laws.loglinear import jsonable
+from analysis.laws.loss import compute_optimal, fit_loss
+from analysis.laws.loss_forms import FORMS, get_form
+from analysis.load import load_runs, load_table
+
+BRANCH_TAG, CHECKPOINT_TAG = "branch_of", "checkpoint_tokens"  # tags of critical-batch-size branch runs
+
+
+class CliError(ValueError):
+    """Arguments or runs lab-fit cannot use; the message names which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress lines on stderr, stamped with seconds since the start (stdout carries the tables)."""
+
+    quiet: bool = False
+    start: float = field(default_factory=time.perf_counter)
+
+    def __call__(self, message: str, warning: bool = False) -> None:
+        if warning or not self.quiet:  # warnings show even with --quiet
+            print(f"[{time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number such as 1e18, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _store_runs(args: argparse.Namespace) -> pl.DataFrame:
+    """FINISHED training runs of the selected experiment and sweep (sweep parent runs dropped)."""
+    where = args.tracking_uri + "".join(f" {k}={v!r}" for k, v in (("experiment", args.experiment),
+                                                                   ("sweep", args.sweep)) if v)
+    try:
+        runs = load_runs(args.tracking_uri, args.experiment, {"sweep": args.sweep} if args.sweep else None)
+    except Exception as err:  # a tracking server that does not answer raises MlflowException, not ValueError
+        from mlflow.exceptions import MlflowException  # mlflow costs ~3 s to import: only on this path
+
+        if isinstance(err, MlflowException):
+            raise CliError(f"cannot read runs from {args.tracking_uri}: {err}; check the URI and the server") from err
+        raise
+    if "tag.sweep_parent" in runs.columns:
+        runs = runs.filter(pl.col("tag.sweep_parent").is_null())
+    finished = runs.filter(pl.col("status") == "FINISHED")
+    if finished.height == 0:
+        found = dict(runs["status"].value_counts().iter_rows()) if runs.height else {}
+        raise CliError(f"no FINISHED runs in {where} (runs by status: {found}); check --experiment and --sweep, "
+                       "or wait for the runs to finish")
+    return finished
+
+
+def _complete(runs: pl.DataFrame, columns: Sequence[str], say: Progress) -> pl.DataFrame:
+    """Runs with a value in every column; the others are skipped and named on stderr."""
+    ok = runs.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in columns))
+    if ok.height == 0:
+        raise CliError(f"none of the {runs.height} finished runs records all of {list(columns)}; check that they "
+                       "are training runs of lab-train (params N, B_tokens, optim.lr; metrics tokens, val/loss)")
+    if ok.height < runs.height:
+        names = runs.join(ok, on="run_id", how="anti")["run_name"].to_list()
+        say(f"warning: skipping {len(names)} finished runs lacking one of {list(columns)}: {names[:5]}", True)
+    return ok
+
+
+def _frame(args: argparse.Namespace, needed: Sequence[str], say: Progress) -> pl.DataFrame:
+    """Points with the columns a law needs: the --input table or the store's finished runs (N_total as N on request)."""
+    total = getattr(args, "total_params", False)
+    needed = ["N_total" if c == "N" and total else c for c in needed]
+    if args.input is not None:
+        say(f"reading {args.input}")
+        df = load_table(args.input, required=[c for c in needed if c != "C"])  # C defaults to 6·N·D
+    else:
+        say(f"loading runs from {args.tracking_uri}")
+        df = _complete(_store_runs(args), needed, say)
+    return df.with_columns(N=pl.col("N_total")) if total else df
+
+
+def _loss(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
+    form = get_form(args.form)
+    if args.target_C and form.name != "chinchilla":
+        raise CliError(f"--target-C needs --form chinchilla (its compute-optimal allocation has a closed form), "
+                       f"not {form.name!r}; or fit IsoFLOP profiles with `lab-fit isoflop --target-C`")
+    df = _frame(args, [*form.inputs, "loss"], say)
+    say(f"fitting {form.name} ({form.formula}) to {df.height} points ({args.exclude_top_loss} highest losses "
+        f"dropped) by multi-start L-BFGS-B, then {args.bootstrap} bootstrap resamples")
+    fit = fit_loss(df, form=form.name, bootstrap=args.bootstrap, delta=args.delta, seed=args.seed,
+                   exclude_top_loss=args.exclude_top_loss)
+    print(report.fit_table(fit, f"{form.name}: {form.formula}"), flush=True)
+    out = {k: v for k, v in fit.to_dict().items() if k != "residuals"}
+    out.update(holdout=None, formula=form.formula, exclude_top_loss=args.exclude_top_loss)
+    if args.holdout_above is not None:
+        say(f"holdout check: refitting on the runs with C < {args.holdout_above:g} FLOPs")
+        check = holdout_check(df, form.name, args.holdout_above, bootstrap=args.bootstrap, delta=args.delta,
+                              seed=args.seed, exclude_top_loss=args.exclude_top_loss)
+        print("\n" + report.holdout_table(check), flush=True)
+        out["holdout"] = {**check.summary(), "params": check.fit.params, "points": check.frame.to_dicts()}
+    if args.target_C:
+        optimal = compute_optimal(fit, args.target_C)
+        print("\n" + report.compute_optimal_table(optimal))
+        out["compute_optimal"] = optimal.to_dicts()
+    return out
+
+
+def _isoflop(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
+    df = _frame(args, ["N", "C", "loss"], say)
+    if "tag.budget" in df.columns:  # IsoFLOP sweeps tag each run with its planned budget C (sweeps.designs)
+        budget = df["tag.budget"].cast(pl.Float64, strict=False)
+        df = df.with_columns(budget=budget) if budget.null_count() == 0 else df
+    say(f"fitting a parabola in ln N per budget to {df.height} runs, then {args.bootstrap} bootstrap resamples")
+    result = fit_isoflop(df, bootstrap=args.bootstrap, seed=args.seed, rel_tol=args.budget_tol)
+    allocations = [predict_optimal(result, C) for C in args.target_C or ()]
+    print(report.isoflop_report(result, allocations))
+    return {"form": "isoflop", **result.to_dict(), "optimal": [asdict(a) for a in allocations]}
+
+
+def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
+    if (args.target_N is None) != (args.target_D is None) or (args.target_C and args.target_N):
+        raise CliError("give --target-N with --target-D (Step Law form, e.g. --target-N 1e8 --target-D 2e9), or "
+                       "--target-C alone (DeepSeek form)")
+    df = _frame(args, ["N", "D", "lr", "B", "loss"], say)
+    spread = df.group_by("N", "D").agg(pl.col("lr").n_unique().alias("lr"), pl.col("B").n_unique().alias("B"))
+    if spread.filter((pl.col("lr") > 1) & (pl.col("B") > 1)).height == 0:  # else every "optimum" is the one config
+        raise CliError(f"no (N, D) cell of the {df.height} runs varies both lr and B, so no optimum can be located; "
+                       "sweep an lr x B grid per (N, D) (lab-sweep sweep=lr_batch) and select it with --sweep")
+    say(f"locating the optimal (lr, B) of each (N, D) cell in {df.height} runs ({args.method}), "
+        f"then {args.bootstrap} bootstrap resamples of cells")
+    result = fit_hparams(df, method=args.method, tolerance=args.tolerance, bootstrap=args.bootstrap, seed=args.seed)
+    prediction = (predict_hparams(result, N=args.target_N, D=args.target_D, C=args.target_C)
+                  if args.target_N or args.target_C else None)
+    print(report.hparams_report(result, prediction))
+    return {**result.to_dict(), "prediction": asdict(prediction) if prediction else None}
+
+
+def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame, float | None, float | None]:
+    """Branch runs of one reference run, and the reference's seq_len and D (for the warmup plan) when known."""
+    say(f"loading branch runs from {args.tracking_uri}")
+    runs = _store_runs(args)
+    tagged = runs.filter(pl.col(f"tag.{BRANCH_TAG}").is_not_null()) if f"tag.{BRANCH_TAG}" in runs.columns \
+        else runs.clear()
+    if args.reference:
+        tagged = tagged.filter(pl.col(f"tag.{BRANCH_TAG}") == args.reference)
+    if tagged.height == 0:
+        raise CliError(
+            f"no FINISHED branch runs{' of ' + args.reference if args.reference else ''} among the {runs.height} "
+            f"selected runs: lab-fit cbs reads runs tagged {BRANCH_TAG}=<reference run id> and {CHECKPOINT_TAG}="
+            "<tokens at the branch point> (B = param B_tokens, loss = final val/loss); tag the branches "
+            f"(+tracking.tags.{BRANCH_TAG}=ID +tracking.tags.{CHECKPOINT_TAG}=T) or pass --input branches.csv "
+            "with columns checkpoint_tokens, B, loss")
+    refs = sorted(set(tagged[f"tag.{BRANCH_TAG}"].to_list()))
+    if len(refs) > 1:
+        raise CliError(f"branch runs of {len(refs)} reference runs {refs[:5]}; choose one with --reference RUN_ID")
+    tokens = (pl.col(f"tag.{CHECKPOINT_TAG}").cast(pl.Float64, strict=False) if f"tag.{CHECKPOINT_TAG}"
+              in tagged.columns else pl.lit(None, dtype=pl.Float64))
+    tagged = _complete(tagged.with_columns(checkpoint_tokens=tokens), ["checkpoint_tokens", "B", "loss"], say)
+    ref = runs.filter(pl.col("run_id") == refs[0])
+    seq_len = args.seq_len or (ref["seq_len"][0] if ref.height else None) or tagged["seq_len"].max()
+    return tagged, seq_len, args.total_tokens or (ref["D"][0] if ref.height else None)
+
+
+def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
+    if args.input is not None:
+        say(f"reading {args.input}")
+        df = load_table(args.input, required=("checkpoint_tokens", "B", "loss"))
+        seq_len, total = args.seq_len, args.total_tokens
+    else:
+        df, seq_len, total = _branch_runs(args, say)
+    say(f"local CBS from {df.height} branches (tolerance {args.tolerance:g}), then CBS(D) with "
+        f"{args.bootstrap} bootstrap resamples")
+    local = local_cbs(df, tolerance=args.tolerance, reference_B=args.reference_B, interpolate=args.interpolate)
+    curve = fit_cbs_curve(local, bootstrap=args.bootstrap, seed=args.seed)
+    plan = None
+    if seq_len and total:
+        max_sequences = args.max_sequences or int(df["B"].max() // seq_len)  # no larger than the batches measured
+        plan = propose_batch_warmup(curve, total, args.granularity, int(seq_len), max_sequences, args.start_sequences)
+    else:
+        say("no batch warmup proposed: give --seq-len and --total-tokens (known from the store's reference run)", True)
+    print(report.cbs_report(local, curve, plan))
+    warmup = None if plan is None else {**asdict(plan), "overrides": plan.to_overrides()}
+    return {"form": "cbs", "tolerance": args.tolerance, "local": local.to_dicts(), "curve": curve.to_dict(),
+            "warmup": warmup}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    source = common.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, help="CSV or Parquet table of points")
+    source.add_argument("--tracking-uri", help="MLflow store, e.g. sqlite:///mlflow.db")
+    common.add_argument("--experiment", help="MLflow experiment name (default: all)")
+    common.add_argument("--sweep", help="only runs tagged sweep=ID")
+    common.add_argument("--bootstrap", type=_count, default=1000, help="bootstrap resamples (0: no intervals)")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--out", type=Path, help="write the result here as JSON")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    scale = argparse.ArgumentParser(add_help=False)
+    scale.add_argument("--total-params", action="store_true", help="use N_total (with embeddings) as N")
+    parser = argparse.ArgumentParser(prog="lab-fit", description="Fit scaling laws with bootstrap intervals.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    loss = sub.add_parser("loss", parents=[common, scale], help="loss law L(N, D), L(N) or L(C) (approach 3)")
+    loss.add_argument("--form", choices=sorted(FORMS), default="chinchilla")
+    loss.add_argument("--delta", type=_positive, default=1e-3, help="Huber delta on log loss")
+    loss.add_argument("--exclude-top-loss", type=_count, default=0, metavar="K", help="drop the K highest losses")
+    loss.add_argument("--holdout-above", type=_positive, metavar="C", help="fit on C below, predict C at or above")
+    loss.add_argument("--target-C", type=_positive, nargs="+", metavar="C", help="compute-optimal N, D at C FLOPs")
+    loss.set_defaults(run=_loss)
+
+    iso = sub.add_parser("isoflop", parents=[common, scale], help="IsoFLOP profiles N*(C), D*(C) (approach 2)")
+    iso.add_argument("--budget-tol", type=_positive, default=BUDGET_REL_TOL, help="relative C spread of a budget")
+    iso.add_argument("--target-C", type=_positive, nargs="+", metavar="C", help="optimal N, D at C FLOPs")
+    iso.set_defaults(run=_isoflop)
+
+    hp = sub.add_parser("hparams", parents=[common, scale], help="optimal lr and batch size vs N, D, C")
+    hp.add_argument("--method", choices=["auto", "convex", "plateau"], default="auto")
+    hp.add_argument("--tolerance", type=_positive, default=PLATEAU_TOLERANCE, help="plateau: relative excess loss")
+    for name in ("N", "D", "C"):
+        hp.add_argument(f"--target-{name}", type=_positive, metavar=name)
+    hp.set_defaults(run=_hparams)
+
+    cbs = sub.add_parser("cbs", parents=[common], help="critical batch size from branch runs, batch warmup")
+    cbs.add_argument("--tolerance", type=_positive, default=CBS_TOLERANCE, help="relative loss excess allowed")
+    cbs.add_argument("--reference", metavar="RUN_ID", help="MLflow: the branches of this reference run")
+    cbs.add_argument("--reference-B", type=_positive, metavar="B", help="reference batch (tokens); default smallest")
+    cbs.add_argument("--interpolate", action="store_true", help="interpolate the CBS between B_pass and B_fail")
+    cbs.add_argument("--seq-len", type=int, help="sequence length of the planned run (tokens)")
+    cbs.add_argument("--total-tokens", type=_positive, help="training tokens of the planned run")
+    cbs.add_argument("--granularity", type=int, default=8, help="micro_batch x devices (lab default: 8)")
+    cbs.add_argument("--max-sequences", type=int, help="largest batch (default: the largest B measured)")
+    cbs.add_argument("--start-sequences", type=int, help="first batch (default: --granularity)")
+    cbs.set_defaults(run=_cbs)
+    return parser
+
+
+def _check_out(path: Path | None) -> None:
+    if path is not None and path.is_dir():
+        raise CliError(f"--out {path} is a directory; give a file name such as {path / 'fit.json'}")
+    if path is not None and not path.parent.is_dir():
+        raise CliError(f"--out {path}: directory {path.parent} does not exist; create it or choose another path")
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    text = json.dumps(jsonable(payload), indent=2, allow_nan=False)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text + "\n")
+    os.replace(partial, path)  # atomic: a reader never sees half a file
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `lab-fit argv...`; returns the exit status (0 fitted, 2 bad arguments or input)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2, message already printed)
+        return int(exit_.code or 0)
+    say = Progress(args.quiet)
+    try:
+        _check_out(args.out)
+        payload = args.run(args, say)
+        if args.out is not None:
+            _write_json(args.out, payload)
+            say(f"wrote {args.out}")
+    except (ValueError, OSError, pl.exceptions.PolarsError) as err:
+        message = " ".join(str(err).split())  # one line, no traceback
+        if isinstance(err, pl.exceptions.PolarsError):  # e.g. a ragged CSV
+            message = (f"cannot read {args.input or args.tracking_uri}: {message.rstrip('.')}; check that it is a "
+                       "well-formed table with one value per column in every row")
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    say("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
