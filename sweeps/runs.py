@@ -1,0 +1,343 @@
+"""A sweep's runs in MLflow: its identity, its parent run, what is already done, and the job overrides.
+
+A sweep is identified by an id (``<design>-<hash of the design and the command-line overrides>`` unless given), so
+the same command run twice is the same sweep. Its runs are found again by (sweep id, deterministic run name):
+
+- a run already FINISHED is skipped;
+- a leftover that is not FINISHED (RUNNING after a kill, KILLED, FAILED) is run again; when its checkpoint
+  directory holds a checkpoint *of that very run* and it did not diverge, it resumes (``resume=true``) into the
+  same MLflow run from the checkpoint; otherwise it starts afresh, and a RUNNING leftover is marked KILLED first;
+- but a RUNNING run that recorded a metric within the last ``stale_after_s`` seconds is left alone (reported
+  ACTIVE): its job may still be training elsewhere (SLURM jobs and orphaned workers outlive a killed lab-sweep), and
+  a second copy would write into the same run.
+
+Every run is a child of an explicit parent run (tag ``sweep_parent=<id>``), which ends with the sweep's summary
+as tags. The parent carries ``sweep_parent`` / ``sweep_design`` rather than ``sweep`` / ``design`` so that a loader
+selecting a sweep's runs by ``sweep`` gets the training runs only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from sweeps.designs import RunSpec
+
+# lab.module.DivergedError messages start so; a diverged run is re-run afresh, never resumed into its divergence.
+DIVERGED_PREFIX = "train/loss="
+# Task overrides that do not change what a run computes, left out of the sweep id.
+NEUTRAL_KEYS = ("trainer.threads", "trainer.progress_bar", "tracking.uri", "checkpoint_dir", "data.cache_dir")
+# Keys the sweep sets on every job; the command line must not set them too.
+SWEEP_KEYS = ("tracking.run_name", "tracking.parent_run_id", "resume")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class SweepError(ValueError):
+    """A sweep that cannot start; the message names the problem and the fix."""
+
+
+def override_key(override: str) -> str:
+    """The key of a Hydra override: ``++tracking.tags.x='1'`` -> ``tracking.tags.x``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def sweep_id(design: Mapping[str, Any], task_overrides: Sequence[str], given: Optional[str] = None) -> str:
+    """``given`` if set, else ``<design name>-<8 hex>`` from the design and the command-line overrides (without the
+    ones that do not change results, NEUTRAL_KEYS): the same command is the same sweep, so it can be resumed."""
+    if given is not None:
+        if not ID_PATTERN.match(given):
+            raise SweepError(f"sweep id {given!r}: use letters, digits, '.', '_' and '-' only")
+        return given
+    relevant = sorted(o for o in task_overrides if override_key(o) not in NEUTRAL_KEYS)
+    digest = hashlib.sha1(json.dumps([dict(design), relevant], sort_keys=True, default=str).encode()).hexdigest()
+    return f"{design.get('name', 'sweep')}-{digest[:8]}"
+
+
+def check_overrides(task_overrides: Sequence[str], specs: Sequence[RunSpec]) -> None:
+    """Refuse command-line overrides of keys that the design or the sweep sets on each run (they would silently
+    lose to one or the other)."""
+    owned = {override_key(o): f"the design (run {spec.name})" for spec in specs for o in spec.overrides}
+    owned |= {f"tracking.tags.{k}": "the design's tags" for spec in specs for k in spec.tags}
+    owned |= {key: "the sweep" for key in (*SWEEP_KEYS, "tracking.tags.sweep", "tracking.tags.design")}
+    for o in task_overrides:
+        key = override_key(o)
+        if key in owned:
+            raise SweepError(f"override {o!r}: {key} is set per run by {owned[key]}; drop it from the command line "
+                             "(change the design's parameters instead)")
+
+
+def job_overrides(spec: RunSpec, sweep: str, design: str, parent_run_id: str, task_overrides: Sequence[str],
+                  resume: bool = False, threads: Optional[int] = None) -> list[str]:
+    """The full Hydra override list of one job: command line, the spec, then tracking under the sweep's parent."""
+    tags = {**spec.tags, "sweep": sweep, "design": design}
+    out = [*task_overrides, *spec.overrides,
+           f"tracking.run_name='{spec.name}'", f"tracking.parent_run_id={parent_run_id}",
+           *(f"++tracking.tags.{k}='{v}'" for k, v in tags.items())]
+    if resume:
+        out.append("resume=true")
+    if threads is not None and not any(override_key(o) == "trainer.threads" for o in task_overrides):
+        out.append(f"trainer.threads={threads}")
+    return out
+
+
+# -------------------------------------------------------------------------------------------- what is done
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The run of this name recorded by an earlier launch of the sweep."""
+
+    run_id: str
+    status: str
+    reason: Optional[str]
+    N: Optional[float]
+    D: Optional[float]
+    C: Optional[float]
+    final_val_loss: Optional[float]
+    last_active_s: Optional[float] = None
+    """Wall time (epoch seconds) of its latest train/loss, or its start if none; read for RUNNING runs only."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to launch: fresh, or resumed from a checkpoint of the leftover ``previous``."""
+
+    spec: RunSpec
+    resume: bool = False
+    previous: Optional[Previous] = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    jobs: tuple[Job, ...]
+    skipped: tuple[tuple[RunSpec, Previous], ...]
+    """Finished by an earlier launch."""
+    active: tuple[tuple[RunSpec, Previous], ...] = ()
+    """RUNNING and recently active: possibly still training elsewhere, not launched again."""
+
+
+def _checkpoint_of(ckpt_dir: Path, run_id: str) -> bool:
+    meta = ckpt_dir / "run.json"
+    if not (meta.exists() and (ckpt_dir / "last.ckpt").exists()):
+        return False
+    return json.loads(meta.read_text()).get("run_id") == run_id
+
+
+def plan_jobs(specs: Sequence[RunSpec], previous: Mapping[str, Previous], checkpoint_root: Path,
+              resume: bool = True, now_s: float = 0.0, stale_after_s: float = 300.0) -> Plan:
+    """Skip finished runs, leave recently active ones alone, resume interrupted ones that have a checkpoint, run the
+    rest (module docstring).
+
+    checkpoint_root: ``<checkpoint_dir>/<tracking.experiment>``, where lab-train keeps ``<run name>/last.ckpt``.
+    now_s: the current wall time (epoch seconds); stale_after_s: how long a RUNNING run must have been silent to
+    count as interrupted (0: always).
+    """
+    jobs, skipped, active = [], [], []
+    for spec in specs:
+        prev = previous.get(spec.name)
+        if prev is not None and prev.status == "FINISHED":
+            skipped.append((spec, prev))
+            continue
+        if (prev is not None and prev.status == "RUNNING" and prev.last_active_s is not None
+                and now_s - prev.last_active_s < stale_after_s):
+            active.append((spec, prev))
+            continue
+        resumable = (resume and prev is not None and not (prev.reason or "").startswith(DIVERGED_PREFIX)
+                     and _checkpoint_of(checkpoint_root / spec.name, prev.run_id))
+        jobs.append(Job(spec, resume=resumable, previous=prev))
+    return Plan(tuple(jobs), tuple(skipped), tuple(active))
+
+
+# --------------------------------------------------------------------------------------------------- MLflow
+
+
+def _number(value: Any) -> Optional[float]:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+class SweepTracker:
+    """The sweep's parent run and its children in one MLflow experiment."""
+
+    def __init__(self, uri: str, experiment: str):
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        from lab.tracking import ensure_store
+
+        ensure_store(uri)  # once, here, before any worker: concurrent first use of a SQLite store crashes
+        self.client = MlflowClient(uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            try:
+                self.experiment_id = self.client.create_experiment(experiment)
+            except MlflowException:  # created meanwhile by another process
+                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+        else:
+            self.experiment_id = found.experiment_id
+
+    def _search(self, filter_string: str) -> list[Any]:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string, max_results=1000,
+                                           order_by=["attributes.start_time ASC"], page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def open_parent(self, sweep: str, design: Mapping[str, Any], specs: Sequence[RunSpec],
+                    task_overrides: Sequence[str]) -> str:
+        """The sweep's parent run, created on first launch and found again (by tag sweep_parent) afterwards."""
+        found = self._search(f"tags.sweep_parent = '{sweep}'")
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=f"sweep-{sweep}", tags={
+                "sweep_parent": sweep, "sweep_design": str(design.get("name")), "sweep_runs": str(len(specs))})
+            run_id = run.info.run_id
+            for k, v in design.items():
+                self.client.log_param(run_id, f"design.{k}", json.dumps(v) if isinstance(v, (list, dict)) else v)
+            self.client.log_param(run_id, "overrides", " ".join(task_overrides)[:6000])
+        self.client.log_text(run_id, json.dumps([s.to_dict() for s in specs], indent=1), "design.json")
+        self.client.set_tag(run_id, "sweep_status", "running")
+        return run_id
+
+    def previous_runs(self, sweep: str) -> dict[str, Previous]:
+        """Runs of this sweep by name; of several with one name, a FINISHED one, else the latest."""
+        by_name: dict[str, Previous] = {}
+        for run in self._search(f"tags.sweep = '{sweep}'"):  # oldest first: later runs replace earlier ones
+            name = run.data.tags.get("mlflow.runName", run.info.run_name)
+            if by_name.get(name) is not None and by_name[name].status == "FINISHED":
+                continue
+            p, m = run.data.params, run.data.metrics
+            by_name[name] = Previous(run.info.run_id, run.info.status, run.data.tags.get("status_reason"),
+                                     _number(p.get("N")), _number(m.get("tokens", p.get("D"))),
+                                     _number(p.get("C")), _number(m.get("val/loss")),
+                                     self._last_active_s(run) if run.info.status == "RUNNING" else None)
+        return by_name
+
+    def _last_active_s(self, run: Any) -> float:
+        history = self.client.get_metric_history(run.info.run_id, "train/loss")
+        return max([run.info.start_time] + [m.timestamp for m in history]) / 1000.0
+
+    def prepare(self, job: Job, sweep: str) -> None:
+        """Before a leftover is launched again: a resumed run must not keep the reason it stopped; a RUNNING run
+        that starts afresh is marked KILLED so that it does not look alive forever."""
+        prev = job.previous
+        if prev is None:
+            return
+        if job.resume:
+            if prev.reason is not None:
+                self.client.delete_tag(prev.run_id, "status_reason")
+        elif prev.status == "RUNNING":
+            self.client.set_tag(prev.run_id, "status_reason", f"interrupted; run again by sweep {sweep}")
+            self.client.set_terminated(prev.run_id, status="KILLED")
+
+    def close_parent(self, parent_run_id: str, summary: SweepSummary, interrupted: bool = False) -> None:
+        counts = summary.counts()
+        status = "interrupted" if interrupted else ("complete" if summary.complete else "partial")
+        from mlflow.entities import RunTag
+
+        tags = {**{f"sweep_{k}": str(v) for k, v in counts.items()}, "sweep_status": status}
+        self.client.log_batch(parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.log_text(parent_run_id, json.dumps(summary.to_dict(), indent=1), "summary.json")
+        self.client.set_terminated(parent_run_id, status="KILLED" if interrupted else "FINISHED")
+
+
+# -------------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What became of one run of the sweep in this launch.
+
+    status: FINISHED (trained now), SKIPPED (finished by an earlier launch), FAILED (the run diverged: MLflow run
+    FAILED with its status_reason), ERROR (the job raised; reason says what), ACTIVE (a RUNNING run that recorded
+    a metric recently: left alone), NOT_RUN (the sweep was interrupted).
+    """
+
+    name: str
+    status: str
+    run_id: Optional[str] = None
+    reason: Optional[str] = None
+    N: Optional[float] = None
+    D: Optional[float] = None
+    C: Optional[float] = None
+    final_val_loss: Optional[float] = None
+    resumed: bool = False
+    tags: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @classmethod
+    def from_previous(cls, spec: RunSpec, prev: Previous, status: str, resumed: bool = False) -> RunOutcome:
+        return cls(spec.name, status, prev.run_id, prev.reason, prev.N, prev.D, prev.C, prev.final_val_loss,
+                   resumed, dict(spec.tags))
+
+    @classmethod
+    def from_result(cls, spec: RunSpec, result: Mapping[str, Any], resumed: bool) -> RunOutcome:
+        """From the task's return value (lab.run.RunResult as a dict)."""
+        return cls(spec.name, str(result["status"]), result["run_id"], result.get("reason"),
+                   _number(result.get("N")), _number(result.get("D")), _number(result.get("C")),
+                   _number(result.get("final_val_loss")), resumed, dict(spec.tags))
+
+
+def outcome_after_crash(job: Job, after: Mapping[str, Previous], err: BaseException) -> RunOutcome:
+    """A job whose launcher raised (a worker died): what the store recorded for it in this launch, else ERROR."""
+    prev = after.get(job.spec.name)
+    recorded_now = prev is not None and (job.resume or job.previous is None or prev.run_id != job.previous.run_id)
+    if recorded_now and prev.status in ("FINISHED", "FAILED"):
+        return RunOutcome.from_previous(job.spec, prev, prev.status, job.resume)
+    return RunOutcome(job.spec.name, "ERROR", run_id=prev.run_id if recorded_now else None,
+                      reason=f"launcher: {type(err).__name__}: {err}", resumed=job.resume, tags=dict(job.spec.tags))
+
+
+STATUSES = ("FINISHED", "SKIPPED", "FAILED", "ERROR", "ACTIVE", "NOT_RUN")
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    sweep_id: str
+    design: str
+    parent_run_id: str
+    outcomes: tuple[RunOutcome, ...]
+
+    def counts(self) -> dict[str, int]:
+        """Runs per outcome: finished, skipped, failed, error, active, not_run."""
+        return {s.lower(): sum(o.status == s for o in self.outcomes) for s in STATUSES}
+
+    @property
+    def complete(self) -> bool:
+        """Every run of the design has a FINISHED MLflow run (now or before)."""
+        return all(o.status in ("FINISHED", "SKIPPED") for o in self.outcomes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sweep_id": self.sweep_id, "design": self.design, "parent_run_id": self.parent_run_id,
+                "counts": self.counts(), "runs": [asdict(o) for o in self.outcomes]}
+
+    def table(self) -> str:
+        """A plain-text table of the runs, then the counts."""
+        def num(x: Optional[float], fmt: str) -> str:
+            return f"{'-':>8}" if x is None else format(x, fmt)
+
+        width = max([len("run")] + [len(o.name) for o in self.outcomes])
+        lines = [f"{'run':<{width}}  {'status':<8}  {'N':>8}  {'D':>8}  {'val/loss':>8}  note",
+                 "-" * (width + 50)]
+        for o in self.outcomes:
+            note = "resumed" if o.resumed else ""
+            if o.status in ("FAILED", "ERROR") and o.reason:
+                note = (o.reason.splitlines() or [""])[0][:100]
+            lines.append(f"{o.name:<{width}}  {o.status:<8}  {num(o.N, '8.3g')}  {num(o.D, '8.3g')}  "
+                         f"{num(o.final_val_loss, '8.4f')}  {note}".rstrip())
+        counts = ", ".join(f"{v} {k}" for k, v in self.counts().items() if v)
+        lines.append(f"sweep {self.sweep_id} (parent run {self.parent_run_id}): {counts}")
+        return "\n".join(lines)
