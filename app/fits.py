@@ -1,0 +1,55 @@
+"""Cached fits for the dashboard pages: each law is fitted once per (points, settings).
+
+`st.cache_data` hashes the polars point frames it is given, so a widget change that leaves the points and the
+settings alone reuses the fit; the results are frozen dataclasses from `analysis.laws`.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import streamlit as st
+
+from analysis.extrapolate import HoldoutReport, holdout_check
+from analysis.fitting import FitResult
+from analysis.laws import fit_loss
+from analysis.laws.cbs import CbsFit, fit_cbs_curve, local_cbs
+from analysis.laws.hparams import HparamsResult, fit_hparams, landscape_cells
+from analysis.laws.isoflop import IsoflopResult, fit_isoflop
+from analysis.validate import PointsError
+
+
+@st.cache_data(show_spinner="Fitting the loss law…", max_entries=32)
+def loss_fit(points: pl.DataFrame, form: str, bootstrap: int, exclude_top_loss: int, by_run: bool) -> FitResult:
+    """`fit_loss` on N, D, C, loss; by_run resamples whole runs (several validation points per run)."""
+    groups = "run_id" if by_run and "run_id" in points.columns else None
+    return fit_loss(points, form=form, bootstrap=bootstrap, exclude_top_loss=exclude_top_loss, groups=groups)
+
+
+@st.cache_data(show_spinner="Checking the extrapolation…", max_entries=32)
+def holdout(points: pl.DataFrame, form: str, C_threshold: float, bootstrap: int) -> HoldoutReport:
+    return holdout_check(points, form, C_threshold, bootstrap=bootstrap)
+
+
+@st.cache_data(show_spinner="Fitting IsoFLOP profiles…", max_entries=32)
+def isoflop_fit(points: pl.DataFrame, bootstrap: int, rel_tol: float) -> IsoflopResult:
+    return fit_isoflop(points, bootstrap=bootstrap, rel_tol=rel_tol)
+
+
+@st.cache_data(show_spinner="Fitting lr* and B*…", max_entries=32)
+def hparams_fit(points: pl.DataFrame, method: str, tolerance: float, bootstrap: int) -> HparamsResult:
+    return fit_hparams(points, method=method, tolerance=tolerance, bootstrap=bootstrap)
+
+
+@st.cache_data(max_entries=32)
+def cells(points: pl.DataFrame, tolerance: float) -> pl.DataFrame:
+    return landscape_cells(points, tolerance=tolerance)
+
+
+@st.cache_data(show_spinner="Fitting the CBS curve…", max_entries=32)
+def cbs_fit(branches: pl.DataFrame, tolerance: float, bootstrap: int) -> tuple[pl.DataFrame, CbsFit | None, str]:
+    """(local CBS per checkpoint, the CBS(D) fit or None, why there is no fit)."""
+    local = local_cbs(branches, tolerance=tolerance)
+    try:
+        return local, fit_cbs_curve(local, bootstrap=bootstrap), ""
+    except PointsError as err:
+        return local, None, str(err)

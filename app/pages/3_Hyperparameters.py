@@ -1,0 +1,82 @@
+"""Hyperparameters: the lr × B landscape of each (N, D) cell with its optimum and plateau, the laws lr*(N, D)
+and B*(D) (Step Law form) and lr*(C), B*(C) (DeepSeek form) with bands, and a calculator for a target run."""
+
+from __future__ import annotations
+
+import polars as pl
+import streamlit as st
+
+from analysis import plots
+from analysis.laws.hparams import PLATEAU_TOLERANCE, predict_hparams
+from analysis.validate import PointsError
+from app import data, fits, ui
+
+st.set_page_config(page_title="Hyperparameters", layout="wide")
+uri, all_runs = ui.store_sidebar()
+runs = ui.run_filters(all_runs)
+st.title("Hyperparameters")
+
+source = ui.source_picker("hp", ("N", "D", "lr", "B", "loss"), "landscape.csv")
+points = data.hparam_points(runs) if source == "store" else data.table(source, ("N", "D", "lr", "B", "loss"))
+c1, c2, c3 = st.columns(3)
+tolerance = c1.number_input("Plateau: within this fraction of the best loss", 0.0001, 0.5, PLATEAU_TOLERANCE,
+                            step=0.0005, format="%.4f", key="hp_tolerance")
+method = c2.selectbox("Optimum per cell", ["auto", "convex", "plateau"], key="hp_method",
+                      help="auto: the method whose laws predict held-out cells best")
+bootstrap = int(c3.number_input("Bootstrap", 0, 4000, 200, step=100, key="hp_bootstrap"))
+if points.height == 0:
+    st.info("No finished runs with N, D, lr, B and a final loss pass the filters.")
+    st.stop()
+
+fit = None
+try:
+    fit = fits.hparams_fit(points, method, tolerance, bootstrap)
+except PointsError as err:
+    st.warning(f"No lr*/B* laws: {err}")
+cells = fit.cells if fit is not None else fits.cells(points, tolerance)
+
+st.subheader("Landscape per (N, D) cell")
+labels = [f"N={n:.3g}, D={d:.3g} ({k} configs)" for n, d, k in cells.select("N", "D", "n_configs").iter_rows()]
+index = max(range(len(labels)), key=lambda i: cells["n_configs"][i])
+chosen = st.selectbox("Cell", range(len(labels)), index=index, format_func=labels.__getitem__, key="hp_cell")
+cell = cells.row(chosen, named=True)
+configs = points.filter((pl.col("N") == cell["N"]) & (pl.col("D") == cell["D"]))
+fig_heat = plots.lr_batch_heatmap(configs, cell)
+ui.chart(fig_heat, key="hp_heatmap")
+st.caption(f"Optimum ({cell['source']}): lr = {ui.fmt(cell.get('lr_opt', cell['lr_convex']))}, "
+           f"B = {ui.fmt(cell.get('B_opt', cell['B_convex']))} tokens; plateau of {cell['n_plateau']} configs, "
+           f"lr {ui.fmt(cell['lr_plateau_min'])}–{ui.fmt(cell['lr_plateau_max'])}, "
+           f"B {ui.fmt(cell['B_plateau_min'])}–{ui.fmt(cell['B_plateau_max'])}")
+ui.table(cells)
+ui.register("hyperparameters", figures={"lr_batch_heatmap": fig_heat}, tables={"cells": cells})
+
+if fit is not None:
+    st.subheader(f"Laws across cells (method: {fit.method})")
+    ui.show_law(fit.lr, "lr*(N, D) = coef·N^exp_N·D^exp_D")
+    ui.show_law(fit.batch, "B*(D) = coef·D^exp_D (tokens)")
+    fig_laws = plots.hparam_laws(fit)
+    ui.chart(fig_laws, key="hp_laws")
+    with st.expander("DeepSeek form lr*(C), B*(C) and the leave-one-cell-out comparison"):
+        ui.show_law(fit.deepseek_lr, "lr*(C) = coef·C^exp_C")
+        ui.show_law(fit.deepseek_batch, "B*(C) = coef·C^exp_C (tokens)")
+        ui.table(fit.loo)
+    ui.register("hyperparameters", laws={"hparams": fit.to_dict()}, figures={"hparam_laws": fig_laws})
+
+    st.subheader("Calculator")
+    by = st.radio("Target given by", ["N and D", "C"], horizontal=True, key="hp_calc_by")
+    k1, k2 = st.columns(2)
+    if by == "N and D":
+        N = k1.number_input("N (non-embedding parameters)", 1.0, value=float(f"{cells['N'].max() * 10:.1e}"),
+                            format="%.3e", key="hp_calc_N")
+        D = k2.number_input("D (tokens)", 1.0, value=float(f"{cells['D'].max() * 10:.1e}"), format="%.3e",
+                            key="hp_calc_D")
+        pred = predict_hparams(fit, N=N, D=D)
+    else:
+        C = k1.number_input("C (FLOPs)", 1.0, value=float(f"{cells['C'].max() * 100:.1e}"), format="%.3e",
+                            key="hp_calc_C")
+        pred = predict_hparams(fit, C=C)
+    m1, m2 = st.columns(2)
+    m1.metric(f"lr* ({pred.form} form)", ui.fmt(pred.lr))
+    m1.caption(f"lr* = {ui.interval(pred.lr, pred.lr_ci95)}")
+    m2.metric(f"B* ({pred.form} form, tokens)", ui.fmt(pred.B))
+    m2.caption(f"B* = {ui.interval(pred.B, pred.B_ci95)} tokens")

@@ -1,0 +1,170 @@
+"""Pieces every page shares: the store picker, run filters, law summaries and the export registry.
+
+Widget values that must survive a page switch (the store URI, the filters) are kept under a plain session key
+and copied into their widget's own key before it is drawn, because Streamlit forgets the state of widgets that
+the page being shown does not draw.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import polars as pl
+import streamlit as st
+
+from analysis.load import LoadError
+from app import data, default_uri
+
+if TYPE_CHECKING:  # type-only: the fitting code imports scipy, which Home and Runs do not need
+    import plotly.graph_objects as go
+
+    from analysis.fitting import FitResult
+
+RUN_TABLE_COLUMNS = ("run_name", "experiment", "sweep", "status", "N", "D", "C", "B", "lr", "loss", "steps",
+                     "start_time", "run_id")
+
+
+def kept(widget: Callable[..., Any], label: str, key: str, default: Any, sanitize: Callable[[Any], Any] | None = None,
+         **kwargs: Any) -> Any:
+    """Draw `widget` whose value persists across pages under st.session_state[key]."""
+    widget_key = f"_{key}"
+    # Seeded on every run: a widget drawn by another page is another widget, and its state may be stale or
+    # dropped; `key` (updated by on_change before the script runs) holds the value the user last chose.
+    value = st.session_state.get(key, default)
+    st.session_state[widget_key] = sanitize(value) if sanitize else value
+
+    def copy() -> None:
+        st.session_state[key] = st.session_state[widget_key]
+
+    value = widget(label, key=widget_key, on_change=copy, **kwargs)
+    st.session_state[key] = value
+    return value
+
+
+def store_sidebar() -> tuple[str, pl.DataFrame]:
+    """The tracking-URI box and reload button; returns (uri, every run). Stops the page on a load error."""
+    uri = kept(st.sidebar.text_input, "MLflow tracking URI", "tracking_uri", default_uri(),
+               help="sqlite:///path/to/mlflow.db, postgresql+psycopg://user@host/db or an http:// server")
+    if not uri.strip():
+        st.error("Enter the MLflow tracking URI of the store to open (e.g. sqlite:///mlflow.db).")
+        st.stop()
+    if st.sidebar.button("Reload data", help="Read the store again (cached for 10 minutes otherwise)"):
+        data.clear_store_caches()
+    try:
+        runs = data.runs(uri)
+    except LoadError as err:
+        st.error(f"Cannot read the store: {err}")
+        st.stop()
+    st.sidebar.caption(f"{runs.height} runs in the store")
+    return uri, runs
+
+
+def _options(runs: pl.DataFrame, column: str) -> list[str]:
+    return sorted(v for v in runs[column].unique().to_list() if v is not None)
+
+
+def run_filters(runs: pl.DataFrame) -> pl.DataFrame:
+    """Sidebar filters by experiment, sweep, status and one tag; returns the runs that pass them."""
+    st.sidebar.subheader("Filter runs")
+    for column, label in (("experiment", "Experiment"), ("sweep", "Sweep"), ("status", "Status")):
+        options = _options(runs, column)
+        chosen = kept(st.sidebar.multiselect, label, f"filter_{column}", [], options=options,
+                      sanitize=lambda v, o=options: [x for x in v if x in o], placeholder="all")
+        if chosen:
+            runs = runs.filter(pl.col(column).is_in(chosen))
+    tags = ["design", "git_commit", "parent_run_id", *sorted(c for c in runs.columns if c.startswith("tag."))]
+    tags = [t for t in tags if t in runs.columns and runs[t].null_count() < runs.height]
+    tag = kept(st.sidebar.selectbox, "Tag", "filter_tag", None, options=tags, index=None, placeholder="any",
+               sanitize=lambda v: v if v in tags else None)
+    if tag:
+        values = _options(runs, tag)
+        value = st.sidebar.selectbox(f"{tag} =", values, key="_filter_tag_value")
+        runs = runs.filter(pl.col(tag) == value)
+    text = st.sidebar.text_input("Run name contains", key="_filter_name")
+    if text:
+        runs = runs.filter(pl.col("run_name").str.contains(text, literal=True))
+    st.sidebar.caption(f"{runs.height} runs pass the filters")
+    return runs
+
+
+def run_table(runs: pl.DataFrame) -> pl.DataFrame:
+    return runs.select([c for c in RUN_TABLE_COLUMNS if c in runs.columns])
+
+
+def run_labels(runs: pl.DataFrame) -> dict[str, str]:
+    """run_id -> "run_name (short id)" for pickers."""
+    return {rid: f"{name or '?'} ({rid[:6]})" for rid, name in zip(runs["run_id"].to_list(), runs["run_name"].to_list())}
+
+
+def default_runs(runs: pl.DataFrame, k: int = 5) -> list[str]:
+    """The k most recent finished runs (curves are loaded only for the runs picked)."""
+    done = runs.filter(pl.col("status") == "FINISHED") if "status" in runs.columns else runs
+    return done.sort("start_time", descending=True, nulls_last=True)["run_id"].head(k).to_list()
+
+
+def fmt(value: float) -> str:
+    return "—" if value is None or not np.isfinite(value) else f"{value:.4g}"
+
+
+def interval(estimate: float, ci: tuple[float, float]) -> str:
+    """"1.817 (95%: 1.77–1.87)"; the interval is left out when there is none (no bootstrap)."""
+    lo, hi = ci
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return fmt(estimate)
+    return f"{fmt(estimate)} (95%: {fmt(lo)}–{fmt(hi)})"
+
+
+def law_table(fit: FitResult) -> pl.DataFrame:
+    """One row per parameter: estimate, bootstrap SE, 95% interval, at-bound flag."""
+    nan = (float("nan"), float("nan"))
+    return pl.DataFrame({
+        "param": list(fit.params), "estimate": list(fit.params.values()),
+        "SE": [fit.stderr.get(k, float("nan")) for k in fit.params],
+        "95% low": [fit.ci95.get(k, nan)[0] for k in fit.params],
+        "95% high": [fit.ci95.get(k, nan)[1] for k in fit.params],
+        "at bound": [k in fit.at_bound for k in fit.params],
+    })
+
+
+def table(df: pl.DataFrame, **kwargs: Any) -> None:
+    """st.dataframe with floats shown to 4 significant digits (N, D, C span many decades)."""
+    floats = {c: st.column_config.NumberColumn(format="%.4g") for c, t in df.schema.items() if t.is_float()}
+    st.dataframe(df, hide_index=True, column_config=floats, **kwargs)
+
+
+def show_law(fit: FitResult, title: str) -> None:
+    """The law's name, every parameter with its interval in one line, and the table with SEs."""
+    title = title.replace("*", "\\*")  # lr*, B*: not markdown emphasis
+    st.markdown(f"**{title}** — `{fit.form}`, {fit.n_points} points, {fit.n_resamples} bootstrap resamples")
+    st.markdown(" · ".join(f"**{k}** = {interval(v, fit.ci95.get(k, (np.nan, np.nan)))}" for k, v in fit.params.items()))
+    if fit.at_bound:
+        st.warning(f"{', '.join(fit.at_bound)} ended on a bound of the fit: the optimum is not interior and its "
+                   "interval is not trustworthy; add points or widen the bounds")
+    table(law_table(fit))
+
+
+def chart(fig: go.Figure, key: str) -> None:
+    st.plotly_chart(fig, key=key, width="stretch")
+
+
+def register(section: str, laws: dict[str, Any] | None = None, figures: dict[str, go.Figure] | None = None,
+             tables: dict[str, pl.DataFrame] | None = None) -> None:
+    """Offer this page's fitted laws (JSON-able dicts), figures and tables on the Export page."""
+    section_exports = st.session_state.setdefault("exports", {}).setdefault(
+        section, {"laws": {}, "figures": {}, "tables": {}})
+    for kind, items in (("laws", laws), ("figures", figures), ("tables", tables)):
+        section_exports[kind].update(items or {})
+
+
+def source_picker(key: str, table_columns: tuple[str, ...], example: str) -> str:
+    """Radio "runs in the store" / "table file"; returns "store" or the table path."""
+    choice = st.radio("Points from", ["runs in the store", "a CSV/Parquet table"], key=f"{key}_source",
+                      horizontal=True)
+    if choice == "runs in the store":
+        return "store"
+    path = st.text_input(f"Table path (columns {', '.join(table_columns)})", key=f"{key}_path", placeholder=example)
+    if not path:
+        st.info("Enter the path of a CSV or Parquet table.")
+        st.stop()
+    return path
