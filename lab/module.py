@@ -3,23 +3,35 @@
 Optimization is manual because a step's batch size changes over a run (batch-size schedules are realised by
 gradient accumulation over a fixed micro-batch) and because the gradient noise scale needs the norm of one
 micro-batch's gradient next to the accumulated one (McCandlish et al. 2018, appendix A).
+
+Under several ranks (lab.parallel): with DDP the first A − 1 micro-batches run without gradient sync, so the first
+micro-batch's gradient is local to its rank (the noise scale's small batch is micro_batch·seq_len tokens) and a
+step costs one all-reduce instead of A; with FSDP every backward reduce-scatters (that is what keeps gradients
+sharded), so the first micro-batch's gradient already averages all ranks: its batch is micro_batch·seq_len·ranks.
+The big batch is always the global step batch. Validation: every rank evaluates the whole fixed held-out set
+(it is small) with the same parameters, and rank 0's number is broadcast so every rank reports and acts on the
+same value (pruners, early stopping).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ParallelStrategy
 from torch import nn
 
+from lab import parallel
 from lab.config import OptimConfig
 from lab.losses import cross_entropy
-from lab.noise import NoiseScale, grad_sq_norm
+from lab.noise import NoiseScale
 from lab.schedules import PlanStep
+from lab.throughput import peak_memory_bytes, throughput
 
 
 class DivergedError(RuntimeError):
@@ -42,7 +54,8 @@ class Accounting:
 class LitGPT(L.LightningModule):
     def __init__(self, model: nn.Module, optim: OptimConfig, plan: list[PlanStep], accounting: Accounting,
                  val_data: tuple[torch.Tensor, torch.Tensor], val_every_steps: int, max_loss: float,
-                 micro_batch: int):
+                 micro_batch: int, parallelism: Optional[parallel.Parallelism] = None,
+                 loss_chunk: Optional[int] = None):
         super().__init__()
         self.model = model
         self.optim_cfg = optim
@@ -52,12 +65,24 @@ class LitGPT(L.LightningModule):
         self.val_every_steps = val_every_steps
         self.max_loss = max_loss
         self.micro_batch = micro_batch
+        self.parallelism = parallelism or parallel.Parallelism()
+        self.loss_chunk = loss_chunk
+        """Rows per chunk of the fused linear + cross-entropy (None: the naive loss over full logits)."""
         self.automatic_optimization = False
         self.noise = NoiseScale()
         self.last_val_loss = math.nan
         self.last_val_tokens = 0
         """Tokens seen at the last validation: callbacks (pruners) read it with last_val_loss."""
         self._last_step_end: Optional[float] = None
+
+    def configure_model(self) -> None:
+        # Called by Lightning once the processes (and, under FSDP, the device mesh) exist; idempotent because
+        # Lightning may call it again for a later fit/validate on the same module.
+        if getattr(self, "_parallelized", False):
+            return
+        mesh = self.device_mesh["data_parallel"] if self.parallelism.strategy == "fsdp" else None
+        parallel.apply(self.model, self.parallelism, device_mesh=mesh)
+        self._parallelized = True
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = self.model.param_groups(self.optim_cfg.lr, self.optim_cfg.weight_decay)
@@ -68,7 +93,12 @@ class LitGPT(L.LightningModule):
                                  fused=True if on_cuda else None, foreach=None if on_cuda else True)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(self.model.hidden(x), self.model.output_weight, y, scale=self.model.logit_scale)
+        return cross_entropy(self.model.hidden(x), self.model.output_weight, y, scale=self.model.logit_scale,
+                             chunk_size=self.loss_chunk)
+
+    def _no_grad_sync(self) -> AbstractContextManager[None]:
+        strategy = self.trainer.strategy
+        return strategy.block_backward_sync() if isinstance(strategy, ParallelStrategy) else nullcontext()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         opt = self.optimizers()
@@ -82,19 +112,22 @@ class LitGPT(L.LightningModule):
         loss_sum = torch.zeros((), device=self.device)
         micro_sq = math.nan
         for i in range(accum):
-            loss = self._loss(x[i], y[i])
-            self.manual_backward(loss / accum)
+            # DDP: no all-reduce before the last micro-batch (no-op on one device and under FSDP).
+            with self._no_grad_sync() if i < accum - 1 else nullcontext():
+                loss = self._loss(x[i], y[i])
+                self.manual_backward(loss / accum)
             loss_sum += loss.detach()
             if i == 0 and accum > 1:
                 # .grad holds g_micro/accum right after the first backward: one norm per step gives |g_micro|².
-                micro_sq = grad_sq_norm(self.model.parameters()) * accum**2
-        train_loss = (loss_sum / accum).item()
+                micro_sq = parallel.grad_sq_norm(self.model.parameters()) * accum**2
+        # The mean over ranks, so every rank logs and tests divergence on the same number.
+        train_loss = self.trainer.strategy.reduce(loss_sum / accum, reduce_op="mean").item()
         if not math.isfinite(train_loss) or train_loss > self.max_loss:
             raise DivergedError(f"train/loss={train_loss:.4g} at step {p.step + 1} "
                                 f"(ceiling trainer.max_loss={self.max_loss})")
 
         clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        grad_norm = parallel.clip_grad_norm(self.model.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -113,16 +146,17 @@ class LitGPT(L.LightningModule):
             "grad_norm": grad_norm,
         }
         if math.isfinite(dt) and dt > 0:
-            tps = tokens_step / dt
-            metrics["throughput/tokens_per_s"] = tps
-            metrics["mfu"] = tps * self.acct.flops_per_token / self.acct.peak_flops
+            metrics.update(throughput(tokens_step, dt, self.acct.flops_per_token, self.acct.peak_flops).metrics())
         if accum > 1:
-            b_micro = self.micro_batch * self.acct.seq_len
+            # Tokens behind the first micro-batch's gradient (module docstring): all ranks' under FSDP.
+            ranks = self.trainer.world_size if self.parallelism.sharded else 1
+            b_micro = self.micro_batch * self.acct.seq_len * ranks
             b_simple = self.noise.update(micro_sq, b_micro, grad_norm**2, tokens_step)
             if b_simple is not None and math.isfinite(b_simple):
                 metrics["noise/b_simple"] = b_simple
         if step % self.val_every_steps == 0 or step == len(self.plan):
             metrics.update(self.validate_now())
+            metrics["throughput/peak_memory_mb"] = peak_memory_bytes(self.device) / 2**20
             self.last_val_tokens = tokens
         self.log("loss", train_loss, prog_bar=True, logger=False)
         if "throughput/tokens_per_s" in metrics:
@@ -140,6 +174,8 @@ class LitGPT(L.LightningModule):
                   for i in range(0, len(x), self.micro_batch)]
         self.model.train(was_training)
         val = float(torch.stack(losses).sum() / len(x))
+        if self.trainer.world_size > 1:
+            val = self.trainer.strategy.broadcast(val, src=0)  # equal on every rank already; now bit-for-bit
         self.last_val_loss = val
         out = {"val/loss": val}
         if self.acct.bytes_per_token:

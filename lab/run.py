@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
-from lab import flops
+from lab import flops, parallel
 from lab.config import ConfigError, TrainConfig
 from lab.datamodule import TokenData
 from lab.model import GPT, GPTConfig, resolve_size
@@ -113,12 +113,23 @@ def checkpoint_dir(cfg: TrainConfig, run_name: str) -> Path:
     return Path(cfg.checkpoint_dir) / cfg.tracking.experiment / run_name
 
 
-def _resume_target(ckpt_dir: Path) -> tuple[str, Path]:
+SHARDED_CHECKPOINT_META = "meta.pt"
+"""Lightning's metadata file in a distributed (sharded) checkpoint directory, written after every shard."""
+
+
+def _resume_target(ckpt_dir: Path, strategy: str) -> tuple[str, Path]:
+    """The run id and ``last.ckpt``: a file (one device, DDP) or, under strategy=fsdp, a directory of shards."""
     meta, last = ckpt_dir / "run.json", ckpt_dir / "last.ckpt"
     if not meta.exists() or not last.exists():
         raise ConfigError("resume", True, f"no checkpoint to resume in {ckpt_dir} (need run.json and last.ckpt); "
                           "give the same tracking.run_name / tracking.experiment / checkpoint_dir as the first "
                           "launch, or drop resume=true to start a new run")
+    if last.is_dir() and not (last / SHARDED_CHECKPOINT_META).exists():
+        raise ConfigError("resume", True, f"the sharded checkpoint {last} has no {SHARDED_CHECKPOINT_META}, so it "
+                          "was not completely written; delete it to restart the run, or restore an older copy")
+    if last.is_dir() and strategy not in parallel.SHARDED:
+        raise ConfigError("trainer.strategy", strategy, f"{last} is a sharded (FSDP) checkpoint directory; resume "
+                          "it with trainer=fsdp")
     return json.loads(meta.read_text())["run_id"], last
 
 
@@ -151,7 +162,7 @@ def prepare(cfg: TrainConfig) -> PreparedRun:
     data.prepare()  # builds or opens the corpus; bad token files fail here
     run_name = cfg.tracking.run_name or default_run_name(N, D, cfg)
     ckpt_dir = checkpoint_dir(cfg, run_name)
-    run_id, ckpt_path = _resume_target(ckpt_dir) if cfg.resume else (None, None)
+    run_id, ckpt_path = _resume_target(ckpt_dir, cfg.trainer.strategy) if cfg.resume else (None, None)
     return PreparedRun(cfg, gpt_cfg, N, N_total, D, plan, data, run_name, ckpt_dir, run_id, ckpt_path,
                        peak_flops(cfg))
 
@@ -172,15 +183,18 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
                              **({"mlflow.parentRunId": cfg.tracking.parent_run_id}
                                 if cfg.tracking.parent_run_id else {})},
                        run_id=run_id)
+    parallelism = parallel.from_config(cfg.trainer, steps=len(plan))
     if run_id is None:
         B_tokens = cfg.batch.sequences * cfg.model.seq_len
         logger.log_hyperparams({**flat_params(cfg), "N": N, "N_total": N_total, "seq_len": cfg.model.seq_len,
                                 "B_tokens": B_tokens, "B_sequences": cfg.batch.sequences, "D": D,
                                 "C": flops.training_flops(N, D), "steps": len(plan),
-                                "flops_per_token": flops.flops_per_token(gpt_cfg), "peak_flops": p.peak_flops})
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (ckpt_dir / "run.json").write_text(json.dumps({"run_id": logger.run_id, "run_name": run_name}))
-    else:
+                                "flops_per_token": flops.flops_per_token(gpt_cfg), "peak_flops": p.peak_flops,
+                                **parallel.describe(parallelism)})
+        if parallel.rank() == 0:  # other ranks (relaunched by Lightning or srun) have no MLflow run of their own
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            (ckpt_dir / "run.json").write_text(json.dumps({"run_id": logger.run_id, "run_name": run_name}))
+    elif parallel.rank() == 0:
         logger._skip_through = recorded_steps(logger.experiment, run_id)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -189,10 +203,10 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         Accounting(seq_len=cfg.model.seq_len, flops_per_token=flops.flops_per_token(gpt_cfg),
                    peak_flops=p.peak_flops, bytes_per_token=1.0 if cfg.data.source == "builtin" else None),
         val_data=data.validation(), val_every_steps=cfg.trainer.val_every_steps, max_loss=cfg.trainer.max_loss,
-        micro_batch=cfg.batch.micro_batch)
+        micro_batch=cfg.batch.micro_batch, parallelism=parallelism, loss_chunk=cfg.trainer.fused_ce_chunk)
     t = cfg.trainer
     trainer = L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=parallel.lightning_strategy(t),
         precision=t.precision, deterministic=t.deterministic, max_steps=len(plan), max_epochs=1,
         logger=logger, enable_progress_bar=t.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=0, log_every_n_steps=1,
@@ -209,6 +223,7 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         # Lightning has already ended the MLflow run as FAILED; record why, then let the error surface.
         logger.set_tags({"status_reason": f"{type(err).__name__}: {err}"[:5000]})
         raise
+    parallel.finish_distributed()
     final = module.last_val_loss
     result = RunResult(run_id=logger.run_id, run_name=run_name, status=status, reason=reason, N=N, N_total=N_total,
                        D=D, C=flops.training_flops(N, D), B_tokens=cfg.batch.sequences * cfg.model.seq_len,
@@ -230,4 +245,6 @@ def quiet_lightning() -> None:
     # Our checkpoints are taken after the step on purpose: a resume continues with the next step.
     warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+    # A sharded last.ckpt directory is overwritten on purpose at every checkpoint (as the single-file one is).
+    warnings.filterwarnings("ignore", message=".*Detected an existing checkpoint in.*")
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(".cache/torchinductor").resolve()))
