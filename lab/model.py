@@ -336,3 +336,13 @@ def resolve_size(
             )
         return {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads}
     return size_ladder(size, aspect, head_dim, d_model=d_model, n_layers=n_layers, n_heads=n_heads)
+
+
+def gpt_config(model: Any, **shape: int) -> GPTConfig:
+    """The GPTConfig of a training config's ``model`` section (lab.config.ModelConfig), sized by its own dial or
+    explicit shape unless ``shape`` (d_model, n_layers, n_heads) is given. Lives here, not in lab.run, so that
+    sweep designs can count parameters without importing Lightning."""
+    shape = shape or resolve_size(model.size, model.d_model, model.n_layers, model.n_heads)
+    return GPTConfig(vocab_size=model.vocab_size, seq_len=model.seq_len, mlp=model.mlp,
+                     tie_embeddings=model.tie_embeddings, mup=model.mup, mup_base_width=model.mup_base_width,
+                     init_std=model.init_std, **shape)

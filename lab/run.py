@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from lab import flops, parallel
 from lab.config import ConfigError, TrainConfig
 from lab.datamodule import TokenData
-from lab.model import GPT, GPTConfig, resolve_size
+from lab.model import GPT, GPTConfig, gpt_config
 from lab.module import Accounting, DivergedError, LitGPT
 from lab.progress import StepProgressBar
 from lab.schedules import BatchSchedule, LRSchedule, PlanStep, plan as schedule_plan
@@ -48,10 +48,7 @@ class RunResult:
 
 
 def model_config(cfg: TrainConfig) -> GPTConfig:
-    m = cfg.model
-    size = resolve_size(m.size, m.d_model, m.n_layers, m.n_heads)
-    return GPTConfig(vocab_size=m.vocab_size, seq_len=m.seq_len, mlp=m.mlp, tie_embeddings=m.tie_embeddings,
-                     mup=m.mup, mup_base_width=m.mup_base_width, init_std=m.init_std, **size)
+    return gpt_config(cfg.model)
 
 
 def budget_tokens(cfg: TrainConfig, N: int) -> int:

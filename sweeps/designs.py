@@ -98,7 +98,7 @@ def rung(model: ModelConfig, size: Optional[Size] = None) -> Rung:
     """N and FLOPs per token of ``model`` at ``size`` (default: the model's own size dial or explicit shape)."""
     # torch loads here, not at import: the Hydra plugins import this module to plan a sweep.
     from lab.flops import flops_per_token, non_embedding_params
-    from lab.model import GPTConfig, resolve_size
+    from lab.model import gpt_config, resolve_size
 
     if size is None:
         shape, label, overrides = resolve_size(model.size, model.d_model, model.n_layers, model.n_heads), "", ()
@@ -110,10 +110,7 @@ def rung(model: ModelConfig, size: Optional[Size] = None) -> Rung:
         overrides = ("model.size=null", *(f"model.{k}={shape[k]}" for k in ("d_model", "n_layers", "n_heads")))
     else:
         shape, label, overrides = resolve_size(int(size)), f"size {int(size)}", (f"model.size={int(size)}",)
-    # The fields lab.run.model_config uses; importing lab.run would load Lightning (~8 s) to count parameters.
-    gpt = GPTConfig(vocab_size=model.vocab_size, seq_len=model.seq_len, mlp=model.mlp,
-                    tie_embeddings=model.tie_embeddings, mup=model.mup, mup_base_width=model.mup_base_width,
-                    init_std=model.init_std, **shape)
+    gpt = gpt_config(model, **shape)
     return Rung(label, overrides, non_embedding_params(gpt), flops_per_token(gpt))
 
 
