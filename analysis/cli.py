@@ -2,6 +2,7 @@
 
     lab-fit loss --input runs.csv --form chinchilla --bootstrap 1000 --target-C 1e24 --out fit.json
     lab-fit loss --tracking-uri sqlite:///mlflow.db --sweep grid-1 --form 'L(N)' --holdout-above 1e15
+    lab-fit loss --tracking-uri sqlite:///mlflow.db --sweep const-lr --curve-points schedule-free --min-fraction 0.25
     lab-fit isoflop --tracking-uri sqlite:///mlflow.db --sweep isoflop-1 --target-C 1e18 --out iso.json
     lab-fit hparams --input landscape.csv --method auto --target-N 1e8 --target-D 2e9 --out hp.json
     lab-fit cbs --input branches.csv --seq-len 256 --total-tokens 2e9 --out cbs.json
@@ -10,9 +11,12 @@ Runs come from --input, a CSV or Parquet table (`analysis.load.load_table`, desi
 --tracking-uri, an MLflow store (`analysis.load.load_runs`) narrowed by --experiment and --sweep (tag sweep=ID):
 FINISHED runs only, sweep parent runs dropped; N = param N (non-embedding; --total-params: N_total), D = last
 `tokens`, C = last `flops` (else 6·N·D), B = param B_tokens, lr = param optim.lr, loss = final val/loss (nats/token).
-Finished runs lacking a value the law needs are skipped and named on stderr. For `cbs`, branch runs carry tags
-branch_of=<reference run id> and checkpoint_tokens=<tokens seen at the branch point>; a checkpoint's reference
-loss is its branch at --reference-B (the reference's own batch), else at its smallest B.
+Finished runs lacking a value the law needs are skipped and named on stderr. `loss --curve-points schedule-free|all`
+fits the runs' validation points instead of their final ones (`analysis.laws.curve_points`: schedule-free refuses
+runs whose LR schedule makes mid-run points overstate the loss; all forces them) and bootstraps over runs.
+For `cbs`, branch runs carry tags branch_of=<reference run id> and checkpoint_tokens=<tokens seen at the branch
+point>; a checkpoint's reference loss is its branch at --reference-B (the reference's own batch), else at its
+smallest B.
 
 Tables go to stdout, progress to stderr, the result to --out as strict JSON (NaN as null). Bad input (a missing
 file or column, NaN, non-positive values, too few points) prints one line `error: ...` naming the problem and the
@@ -26,41 +30,26 @@ import json
 import math
 import os
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from analysis import report
+from analysis.cli_input import CliError, Progress, complete, frame, store_runs
 from analysis.extrapolate import holdout_check
 from analysis.laws.cbs import CBS_TOLERANCE, fit_cbs_curve, local_cbs, propose_batch_warmup
 from analysis.laws.hparams import PLATEAU_TOLERANCE, fit_hparams, predict_hparams
 from analysis.laws.isoflop import BUDGET_REL_TOL, fit_isoflop, predict_optimal
+from analysis.laws.curve_points import MIN_FRACTION, MODES
 from analysis.laws.loglinear import jsonable
 from analysis.laws.loss import compute_optimal, fit_loss
 from analysis.laws.loss_forms import FORMS, get_form
-from analysis.load import load_runs, load_table
+from analysis.load import load_table
 
 BRANCH_TAG, CHECKPOINT_TAG = "branch_of", "checkpoint_tokens"  # tags of critical-batch-size branch runs
-
-
-class CliError(ValueError):
-    """Arguments or runs lab-fit cannot use; the message names which and how to fix it."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Progress lines on stderr, stamped with seconds since the start (stdout carries the tables)."""
-
-    quiet: bool = False
-    start: float = field(default_factory=time.perf_counter)
-
-    def __call__(self, message: str, warning: bool = False) -> None:
-        if warning or not self.quiet:  # warnings show even with --quiet
-            print(f"[{time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def _positive(text: str) -> float:
@@ -79,70 +68,30 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _store_runs(args: argparse.Namespace) -> pl.DataFrame:
-    """FINISHED training runs of the selected experiment and sweep (sweep parent runs dropped)."""
-    where = args.tracking_uri + "".join(f" {k}={v!r}" for k, v in (("experiment", args.experiment),
-                                                                   ("sweep", args.sweep)) if v)
-    try:
-        runs = load_runs(args.tracking_uri, args.experiment, {"sweep": args.sweep} if args.sweep else None)
-    except Exception as err:  # a tracking server that does not answer raises MlflowException, not ValueError
-        from mlflow.exceptions import MlflowException  # mlflow costs ~3 s to import: only on this path
-
-        if isinstance(err, MlflowException):
-            raise CliError(f"cannot read runs from {args.tracking_uri}: {err}; check the URI and the server") from err
-        raise
-    if "tag.sweep_parent" in runs.columns:
-        runs = runs.filter(pl.col("tag.sweep_parent").is_null())
-    finished = runs.filter(pl.col("status") == "FINISHED")
-    if finished.height == 0:
-        found = dict(runs["status"].value_counts().iter_rows()) if runs.height else {}
-        raise CliError(f"no FINISHED runs in {where} (runs by status: {found}); check --experiment and --sweep, "
-                       "or wait for the runs to finish")
-    return finished
-
-
-def _complete(runs: pl.DataFrame, columns: Sequence[str], say: Progress) -> pl.DataFrame:
-    """Runs with a value in every column; the others are skipped and named on stderr."""
-    ok = runs.filter(pl.all_horizontal(pl.col(c).is_not_null() for c in columns))
-    if ok.height == 0:
-        raise CliError(f"none of the {runs.height} finished runs records all of {list(columns)}; check that they "
-                       "are training runs of lab-train (params N, B_tokens, optim.lr; metrics tokens, val/loss)")
-    if ok.height < runs.height:
-        names = runs.join(ok, on="run_id", how="anti")["run_name"].to_list()
-        say(f"warning: skipping {len(names)} finished runs lacking one of {list(columns)}: {names[:5]}", True)
-    return ok
-
-
-def _frame(args: argparse.Namespace, needed: Sequence[str], say: Progress) -> pl.DataFrame:
-    """Points with the columns a law needs: the --input table or the store's finished runs (N_total as N on request)."""
-    total = getattr(args, "total_params", False)
-    needed = ["N_total" if c == "N" and total else c for c in needed]
-    if args.input is not None:
-        say(f"reading {args.input}")
-        df = load_table(args.input, required=[c for c in needed if c != "C"])  # C defaults to 6·N·D
-    else:
-        say(f"loading runs from {args.tracking_uri}")
-        df = _complete(_store_runs(args), needed, say)
-    return df.with_columns(N=pl.col("N_total")) if total else df
-
-
 def _loss(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     form = get_form(args.form)
     if args.target_C and form.name != "chinchilla":
         raise CliError(f"--target-C needs --form chinchilla (its compute-optimal allocation has a closed form), "
                        f"not {form.name!r}; or fit IsoFLOP profiles with `lab-fit isoflop --target-C`")
-    df = _frame(args, [*form.inputs, "loss"], say)
+    df = frame(args, [*form.inputs, "loss"], say)
+    # Several points per run are not independent: the bootstrap resamples runs.
+    groups = {"groups": "run_id"} if args.curve_points != "final" else {}
     say(f"fitting {form.name} ({form.formula}) to {df.height} points ({args.exclude_top_loss} highest losses "
         f"dropped) by multi-start L-BFGS-B, then {args.bootstrap} bootstrap resamples")
     fit = fit_loss(df, form=form.name, bootstrap=args.bootstrap, delta=args.delta, seed=args.seed,
-                   exclude_top_loss=args.exclude_top_loss)
+                   exclude_top_loss=args.exclude_top_loss, **groups)
     print(report.fit_table(fit, f"{form.name}: {form.formula}"), flush=True)
     out = {k: v for k, v in fit.to_dict().items() if k != "residuals"}
     out.update(holdout=None, formula=form.formula, exclude_top_loss=args.exclude_top_loss)
+    if args.curve_points != "final":
+        kinds = dict(df.group_by("point").len().iter_rows())
+        out["curve_points"] = {"mode": args.curve_points, "min_fraction": args.min_fraction, "min_D": args.min_D,
+                               "runs": df["run_id"].n_unique(), "final": kinds.get("final", 0),
+                               "intermediate": kinds.get("intermediate", 0)}
     if args.holdout_above is not None:
         say(f"holdout check: refitting on the runs with C < {args.holdout_above:g} FLOPs")
         check = holdout_check(df, form.name, args.holdout_above, bootstrap=args.bootstrap, delta=args.delta,
-                              seed=args.seed, exclude_top_loss=args.exclude_top_loss)
+                              seed=args.seed, exclude_top_loss=args.exclude_top_loss, **groups)
         print("\n" + report.holdout_table(check), flush=True)
         out["holdout"] = {**check.summary(), "params": check.fit.params, "points": check.frame.to_dicts()}
     if args.target_C:
@@ -153,7 +102,7 @@ def _loss(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
 
 
 def _isoflop(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
-    df = _frame(args, ["N", "C", "loss"], say)
+    df = frame(args, ["N", "C", "loss"], say)
     if "tag.budget" in df.columns:  # IsoFLOP sweeps tag each run with its planned budget C (sweeps.designs)
         budget = df["tag.budget"].cast(pl.Float64, strict=False)
         df = df.with_columns(budget=budget) if budget.null_count() == 0 else df
@@ -168,7 +117,7 @@ def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     if (args.target_N is None) != (args.target_D is None) or (args.target_C and args.target_N):
         raise CliError("give --target-N with --target-D (Step Law form, e.g. --target-N 1e8 --target-D 2e9), or "
                        "--target-C alone (DeepSeek form)")
-    df = _frame(args, ["N", "D", "lr", "B", "loss"], say)
+    df = frame(args, ["N", "D", "lr", "B", "loss"], say)
     spread = df.group_by("N", "D").agg(pl.col("lr").n_unique().alias("lr"), pl.col("B").n_unique().alias("B"))
     if spread.filter((pl.col("lr") > 1) & (pl.col("B") > 1)).height == 0:  # else every "optimum" is the one config
         raise CliError(f"no (N, D) cell of the {df.height} runs varies both lr and B, so no optimum can be located; "
@@ -185,7 +134,7 @@ def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
 def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame, float | None, float | None]:
     """Branch runs of one reference run, and the reference's seq_len and D (for the warmup plan) when known."""
     say(f"loading branch runs from {args.tracking_uri}")
-    runs = _store_runs(args)
+    runs = store_runs(args)
     tagged = runs.filter(pl.col(f"tag.{BRANCH_TAG}").is_not_null()) if f"tag.{BRANCH_TAG}" in runs.columns \
         else runs.clear()
     if args.reference:
@@ -202,7 +151,7 @@ def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame,
         raise CliError(f"branch runs of {len(refs)} reference runs {refs[:5]}; choose one with --reference RUN_ID")
     tokens = (pl.col(f"tag.{CHECKPOINT_TAG}").cast(pl.Float64, strict=False) if f"tag.{CHECKPOINT_TAG}"
               in tagged.columns else pl.lit(None, dtype=pl.Float64))
-    tagged = _complete(tagged.with_columns(checkpoint_tokens=tokens), ["checkpoint_tokens", "B", "loss"], say)
+    tagged = complete(tagged.with_columns(checkpoint_tokens=tokens), ["checkpoint_tokens", "B", "loss"], say)
     ref = runs.filter(pl.col("run_id") == refs[0])
     seq_len = args.seq_len or (ref["seq_len"][0] if ref.height else None) or tagged["seq_len"].max()
     return tagged, seq_len, args.total_tokens or (ref["D"][0] if ref.height else None)
@@ -253,6 +202,12 @@ def _parser() -> argparse.ArgumentParser:
     loss.add_argument("--exclude-top-loss", type=_count, default=0, metavar="K", help="drop the K highest losses")
     loss.add_argument("--holdout-above", type=_positive, metavar="C", help="fit on C below, predict C at or above")
     loss.add_argument("--target-C", type=_positive, nargs="+", metavar="C", help="compute-optimal N, D at C FLOPs")
+    loss.add_argument("--curve-points", choices=MODES, default="final",
+                      help="store only: final = one point per run; schedule-free = also the validations of "
+                           "constant-LR runs (refuses other schedules); all = every validation (forced)")
+    loss.add_argument("--min-fraction", type=float, default=MIN_FRACTION, metavar="F",
+                      help="curve points: only validations at D >= F x the run's D")
+    loss.add_argument("--min-D", type=_positive, metavar="D", help="curve points: only validations at D >= this")
     loss.set_defaults(run=_loss)
 
     iso = sub.add_parser("isoflop", parents=[common, scale], help="IsoFLOP profiles N*(C), D*(C) (approach 2)")

@@ -72,17 +72,18 @@ def final_points(runs_frame: pl.DataFrame) -> pl.DataFrame:
     return finished(runs_frame).select(POINT_COLUMNS).drop_nulls(["N", "D", "C", "loss"])
 
 
-def validation_points(uri: str, runs_frame: pl.DataFrame) -> pl.DataFrame:
-    """One point per validation of each finished run: D = tokens seen then, C = FLOPs spent then (6·N·D when
-    no `flops` was recorded), L = val/loss then. Intermediate points of a decaying schedule overstate the loss
-    a run of that length would reach; they are offered for ladders too small to fit on final points alone."""
+def validation_points(uri: str, runs_frame: pl.DataFrame, mode: str = "all") -> pl.DataFrame:
+    """One point per validation of each finished run (`analysis.laws.curve_points`): D = tokens seen then, C =
+    FLOPs spent then (6·N·D when no `flops` was recorded), L = val/loss then, `point` = final | intermediate.
+    mode "all" forces every point (mid-run points of a decaying schedule overstate the loss a run of that length
+    would reach; offered for ladders too small to fit on final points alone); "schedule-free" refuses runs whose
+    schedule does not allow it (CurvePointsError, a ValueError naming them)."""
+    from analysis.laws.curve_points import curve_points  # lazily: analysis.laws imports scipy (see above)
+
     done = finished(runs_frame).drop_nulls(["N"])
     val = curves(uri, tuple(done["run_id"].to_list()), ("val/loss",))
-    joined = val.join(done.select("run_id", "run_name", "N", "B", "lr"), on="run_id")
-    return (joined.with_columns(D=pl.col("tokens"), C=pl.coalesce(pl.col("flops"), 6.0 * pl.col("N") * pl.col("tokens")),
-                                loss=pl.col("value"))
-            .filter(pl.col("loss").is_not_nan() & (pl.col("D") > 0))
-            .select(POINT_COLUMNS).drop_nulls(["N", "D", "C", "loss"]))
+    # min_fraction=0: every validation, as the page's "every validation point" promises.
+    return curve_points(done, val, mode, min_fraction=0.0).select(*POINT_COLUMNS, "point")
 
 
 def hparam_points(runs_frame: pl.DataFrame) -> pl.DataFrame:

@@ -1,11 +1,13 @@
 """Recorded runs into tidy polars frames: MLflow stores (runs, curves) and CSV/Parquet tables.
 
 The only place in ``analysis`` that knows how MLflow stores runs (``sql.py`` reads its tables). Two paths give
-identical frames: ``path="sql"`` reads a SQLite or PostgreSQL store's tables directly (one query per table;
-30-60x faster than the client on a 1,000-run store, see benchmarks/load_runs.py), ``path="client"`` goes through
+identical frames: ``path="sql"`` reads a SQLite or PostgreSQL store's tables directly (metric rows through
+Arrow-native ADBC drivers, in parallel blocks of runs; ~100x faster than the client on a 1,000-run store, see
+benchmarks/load_runs.py), ``path="client"`` goes through
 ``mlflow.MlflowClient`` and works for any store (an ``http://`` tracking server, a file store); ``"auto"`` picks
 ``sql`` for ``sqlite:///`` and ``postgresql[+driver]://`` URIs and ``client`` otherwise. Deleted runs and runs of
-deleted experiments are never loaded, and a store that does not exist is an error, never created.
+deleted experiments are never loaded, and a store that does not exist (or an empty or in-memory URI) is an
+error, never created.
 
 ``load_runs`` frame, one row per run, sorted by (experiment, start_time, run_id):
 
@@ -41,6 +43,7 @@ the tokens/flops lookup takes the later timestamp, so the join never duplicates 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
@@ -61,6 +64,13 @@ def _reader(tracking_uri: str | Path, path: Path_):
     uri = str(tracking_uri)
     if path not in ("auto", "sql", "client"):
         raise LoadError(f"path must be 'auto', 'sql' or 'client', got {path!r}")
+    if not uri.strip():
+        # MlflowClient("") would fall back to its default store and create ./mlflow.db there.
+        raise LoadError("tracking_uri is empty; pass the store the runs were logged to, e.g. "
+                        "'sqlite:///path/to/mlflow.db', 'postgresql://user@host/db' or 'http://host:5000'")
+    if uri.startswith("sqlite:") and not uri.startswith(sql.SQLITE_PREFIX):
+        raise LoadError(f"{uri!r} names no SQLite file (sqlite:// alone is an in-memory database, which holds no "
+                        "logged runs); use sqlite:///relative/path.db or sqlite:////absolute/path.db")
     if sql.is_sql_uri(uri):
         if uri.startswith(sql.SQLITE_PREFIX):
             sql.check_sqlite_exists(uri)  # before the client path too: MlflowClient would create an empty store
@@ -102,6 +112,6 @@ def load_curves(tracking_uri: str | Path, experiment: str | Sequence[str] | None
         raise LoadError("run_ids and metrics take lists, e.g. metrics=['val/loss'], not a single string")
     reader = _reader(tracking_uri, path)
     keys = None if metrics is None else sorted(set(metrics) | {TOKENS, FLOPS})
-    raw = reader.read_curves(str(tracking_uri), normalise_experiments(experiment),
-                             None if run_ids is None else list(run_ids), keys)
-    return assemble_curves(raw, metrics)
+    return reader.read_curves(str(tracking_uri), normalise_experiments(experiment),
+                              None if run_ids is None else list(run_ids), keys,
+                              partial(assemble_curves, metrics=metrics))

@@ -9,13 +9,13 @@ train/loss for the step count) and ``load_curves`` one per run and metric.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import polars as pl
 
 from analysis.load.frames import (
-    FINAL_KEYS, RAW_BEST, RAW_CURVES, RAW_KV, RAW_LATEST, RAW_RUNS, TRAIN_LOSS, VAL_LOSS, RawRuns, check_run_ids,
-    select_experiments,
+    FINAL_KEYS, RAW_BEST, RAW_CURVES, RAW_KV, RAW_LATEST, RAW_RUNS, TRAIN_LOSS, VAL_LOSS, RawCurves, RawRuns,
+    check_run_ids, select_experiments,
 )
 
 PAGE = 1000  # runs per search_runs page
@@ -92,23 +92,22 @@ def read_runs(uri: str, experiments: Sequence[str] | None) -> RawRuns:
 
 
 def read_curves(uri: str, experiments: Sequence[str] | None, run_ids: Sequence[str] | None,
-                keys: Sequence[str] | None) -> pl.DataFrame:
-    """Raw metric rows (frames.RAW_CURVES): one get_metric_history call per selected run and metric key."""
+                keys: Sequence[str] | None, assemble: Callable[[RawCurves], pl.DataFrame]) -> pl.DataFrame:
+    """Metric rows (frames.RawCurves), assembled: one get_metric_history call per selected run and metric key."""
     client = _client(uri)
     runs = list(_runs(client, _experiment_ids(client, experiments)[0]))
     check_run_ids(pl.DataFrame({"run_id": [r.info.run_id for r in runs]}, schema={"run_id": pl.String}), run_ids)
     wanted = None if run_ids is None else set(run_ids)
+    runs = sorted((r for r in runs if wanted is None or r.info.run_id in wanted), key=lambda r: r.info.run_id)
     columns: dict[str, list] = {name: [] for name in RAW_CURVES}
-    for run in runs:
-        if wanted is not None and run.info.run_id not in wanted:
-            continue
+    for code, run in enumerate(runs):
         for key in sorted(run.data.metrics):
             if keys is not None and key not in keys:
                 continue
             history = client.get_metric_history(run.info.run_id, key)
-            columns["run_id"] += [run.info.run_id] * len(history)
+            columns["run"] += [code] * len(history)
             columns["metric"] += [key] * len(history)
             columns["step"] += [m.step for m in history]
             columns["value"] += [m.value for m in history]
             columns["timestamp"] += [m.timestamp for m in history]
-    return pl.DataFrame(columns, schema=RAW_CURVES)
+    return assemble(RawCurves([r.info.run_id for r in runs], pl.DataFrame(columns, schema=RAW_CURVES)))

@@ -1,8 +1,8 @@
 """Store-independent half of the loader: raw tables in, tidy frames out.
 
 Both readers (``sql.py`` reading MLflow's tables, ``client.py`` going through ``MlflowClient``) hand over the same
-raw tables (``RawRuns`` and a raw curve frame, schemas below); everything a user sees is built here from them,
-once, so the two paths cannot drift apart.
+raw tables (``RawRuns``, and ``RawCurves`` per block of runs; schemas below); everything a user sees is built here
+from them, once, so the two paths cannot drift apart.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import polars as pl
 
 
@@ -57,7 +58,9 @@ RAW_KV = {"run_id": pl.String, "key": pl.String, "value": pl.String}
 # for train/loss, so a reader may leave it null for the other keys.
 RAW_LATEST = {"run_id": pl.String, "key": pl.String, "value": pl.Float64, "step": pl.Int64}
 RAW_BEST = {"run_id": pl.String, "best_val_loss": pl.Float64}
-RAW_CURVES = {"run_id": pl.String, "metric": pl.String, "step": pl.Int64, "value": pl.Float64, "timestamp": pl.Int64}
+# Metric rows name their run by a code: the index of its id in RawCurves.run_ids (sorted), so that sorting and
+# joining 10^6-10^7 rows works on integers and the 32-character ids are written once per row only at the end.
+RAW_CURVES = {"run": pl.UInt32, "metric": pl.String, "step": pl.Int64, "value": pl.Float64, "timestamp": pl.Int64}
 
 RUN_COLUMNS = {
     "run_id": pl.String, "run_name": pl.String, "experiment_id": pl.String, "experiment": pl.String,
@@ -84,6 +87,15 @@ class RawRuns:
     params: pl.DataFrame
     latest: pl.DataFrame
     best: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class RawCurves:
+    """What a reader returns for `load_curves`: metric rows (RAW_CURVES, any order) and the run ids their `run`
+    codes index, sorted (code i is the i-th smallest id, so code order is run_id order)."""
+
+    run_ids: list[str]
+    rows: pl.DataFrame
 
 
 def empty(schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
@@ -254,18 +266,98 @@ def assemble_runs(raw: RawRuns, filter_tags: Mapping[str, object] | None) -> pl.
     return df.sort(["experiment", "start_time", "run_id"], nulls_last=True)
 
 
-def assemble_curves(raw: pl.DataFrame, metrics: Sequence[str] | None) -> pl.DataFrame:
+@dataclass(frozen=True)
+class _Packing:
+    """Bit fields of one Int64 sort key per metric row: run code, metric code, step offset (high to low bits).
+
+    One integer sort and integer lookups replace multi-column sorts and joins on strings: ~5x less CPU on 3M rows.
+    """
+
+    metric_bits: int
+    step_bits: int
+    step_min: int
+    dense_steps: bool  # steps too spread to fit (2^40+ apart) are replaced by their dense rank, keeping the order
+
+    @staticmethod
+    def of(rows: pl.DataFrame, n_metrics: int) -> _Packing:
+        step_min, step_max = int(rows["step"].min()), int(rows["step"].max())
+        metric_bits, run_bits = (n_metrics - 1).bit_length(), int(rows["run"].max()).bit_length()
+        step_bits = (step_max - step_min).bit_length()
+        if run_bits + metric_bits + step_bits <= 62:
+            return _Packing(metric_bits, step_bits, step_min, False)
+        return _Packing(metric_bits, rows.height.bit_length(), 0, True)
+
+    # Non-negative Int64 fields: multiplication, floor division and remainder by powers of two are bit shifts.
+    def key(self, metric_code: pl.Expr) -> pl.Expr:
+        offset = (pl.col("step").rank("dense").cast(pl.Int64) - 1 if self.dense_steps
+                  else pl.col("step") - self.step_min)
+        return ((pl.col("run").cast(pl.Int64) * (1 << self.metric_bits) + metric_code) * (1 << self.step_bits)
+                + offset)
+
+    def run(self) -> pl.Expr:
+        return pl.col("key") // (1 << (self.metric_bits + self.step_bits))
+
+    def metric(self) -> pl.Expr:
+        return pl.col("key") // (1 << self.step_bits) % (1 << self.metric_bits)
+
+    def at(self) -> pl.Expr:
+        """One integer per (run, step), increasing with both."""
+        return self.run() * (1 << self.step_bits) + pl.col("key") % (1 << self.step_bits)
+
+
+def _lookup(rows: pl.DataFrame, chosen: pl.Series, runs: int, step_bits: int) -> pl.Series:
+    """The value of the chosen rows (one per (run, step), increasing `at`) at each row's (run, step); null where
+    none. A dense table indexed by `at` when it is small (the usual case: every step logged), else a binary search.
+    """
+    at, values = rows["at"].filter(chosen), rows["value"].filter(chosen)
+    if at.len() == 0:
+        return pl.Series(values=[None] * rows.height, dtype=pl.Float64)
+    size = runs << step_bits
+    if size <= 4 * rows.height:
+        table = np.zeros(size)
+        present = np.zeros(size, dtype=bool)
+        table[at.to_numpy()], present[at.to_numpy()] = values.to_numpy(), True
+        index = rows["at"].to_numpy()
+        found = pl.Series(values=present[index])
+        return pl.Series(values=table[index]).zip_with(found, pl.Series(values=[None], dtype=pl.Float64)
+                                                      .new_from_index(0, rows.height))
+    index = at.search_sorted(rows["at"], side="left").clip(0, at.len() - 1)
+    found = at.gather(index) == rows["at"]
+    return values.gather(index).zip_with(found, pl.Series(values=[None], dtype=pl.Float64).new_from_index(
+        0, rows.height))
+
+
+def assemble_curves(raw: RawCurves, metrics: Sequence[str] | None) -> pl.DataFrame:
     """The tidy curves frame: every recorded row, with tokens and flops at the same (run_id, step) joined on.
 
     Duplicate (run, metric, step) rows (a metric logged twice) are all kept; for the tokens/flops lookup the row
     with the latest timestamp (then the larger value) wins, so the join never multiplies rows.
     """
-    raw = raw.sort(["run_id", "metric", "step", "timestamp", "value"])
+    rows = conform(raw.rows, RAW_CURVES)
+    if rows.height == 0:
+        return empty(CURVE_COLUMNS)
+    names = sorted(rows["metric"].unique().to_list())
+    packing = _Packing.of(rows, len(names))
+    code = pl.col("metric").cast(pl.Enum(names)).to_physical().cast(pl.Int64)
+    rows = rows.select(packing.key(code).alias("key"), "step", "value", "timestamp")
+    if not rows["key"].is_sorted():
+        rows = rows[rows["key"].arg_sort()]
+    if (rows["key"].diff() == 0).any():  # a step logged twice: order its rows by timestamp, then value
+        rows = rows.sort(["key", "timestamp", "value"])
+    rows = rows.with_columns(packing.run().alias("run"), packing.metric().alias("metric"), packing.at().alias("at"))
     # Sorted, so the last row of each (run, metric, step) group is the latest timestamp, then the larger value.
-    lookup = raw.filter(pl.col("metric").is_in([TOKENS, FLOPS])).unique(["run_id", "metric", "step"], keep="last")
-    curves = raw if metrics is None else raw.filter(pl.col("metric").is_in(list(metrics)))
+    last = (rows["key"] != rows["key"].shift(-1)).fill_null(True)
+    lookups = {}
     for key in (TOKENS, FLOPS):
-        column = lookup.filter(pl.col("metric") == key).select("run_id", "step", pl.col("value").alias(key))
-        curves = curves.join(column, on=["run_id", "step"], how="left", maintain_order="left")
+        chosen = (rows["metric"] == names.index(key)) & last if key in names else None
+        lookups[key] = (_lookup(rows, chosen, len(raw.run_ids), packing.step_bits) if chosen is not None
+                        else pl.Series(values=[None] * rows.height, dtype=pl.Float64))
+    curves = pl.DataFrame({
+        "run_id": pl.Series(values=raw.run_ids, dtype=pl.String).gather(rows["run"]),
+        "metric": pl.Series(values=names, dtype=pl.String).gather(rows["metric"]),
+        "step": rows["step"], "value": rows["value"], "timestamp": rows["timestamp"], **lookups,
+    })
+    if metrics is not None:
+        curves = curves.filter(pl.col("metric").is_in(list(metrics)))
     curves = curves.with_columns(_epoch_ms("timestamp").alias("timestamp"))
     return curves.select([pl.col(c).cast(t) for c, t in CURVE_COLUMNS.items()])

@@ -12,16 +12,23 @@ by ``MlflowClient``; every column read here also exists in mlflow 2.x stores). W
 - ``latest_metrics(key, value, timestamp, step, is_nan, run_uuid)``: MLflow's latest value per (run, key), the one
   with the highest (step, timestamp, value).
 
-Connections are plain DB-API ones (``sqlite3`` in read-only mode, ``psycopg`` 3), handed to
-``polars.read_database``: SQLAlchemy connections read the same rows about 1.6x slower here (3M metric rows: 12 s
-vs 7.5 s of CPU), and a read-only connection can never create or migrate a store. Row-wise DB-API fetching costs
-~2.5 µs of CPU per metric row; an Arrow-native driver (adbc-driver-sqlite) measured ~3x less, if that ever matters.
+Runs, tags, params and latest values (a few rows per run) go through plain DB-API connections (``sqlite3`` in
+read-only mode, ``psycopg`` 3) handed to ``polars.read_database``. Metric rows (millions) go through Arrow-native
+ADBC drivers (``adbc-driver-sqlite``, ``adbc-driver-postgresql``: columnar batches, no Python object per row,
+GIL released), in blocks of runs on parallel connections, with each run named by an integer code (see
+``read_curves``). On 1,000 runs x 3,100 rows (benchmarks/load_runs.py) ``load_curves`` now takes 3.5x less CPU and
+wall time than with rows fetched through ``sqlite3`` and sorted and joined on strings (4.7 s against 16.8 s of CPU,
+side by side on a busy 2-core machine; frames identical). A read-only connection can never create or migrate a
+store.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +37,17 @@ from urllib.parse import quote
 import polars as pl
 
 from analysis.load.frames import (
-    FINAL_KEYS, RAW_BEST, RAW_CURVES, RAW_KV, RAW_LATEST, RAW_RUNS, VAL_LOSS, LoadError, RawRuns, check_run_ids,
-    conform, empty, select_experiments,
+    FINAL_KEYS, RAW_BEST, RAW_CURVES, RAW_KV, RAW_LATEST, RAW_RUNS, VAL_LOSS, LoadError, RawCurves, RawRuns,
+    check_run_ids, conform, empty, select_experiments,
 )
 
 SQLITE_PREFIX = "sqlite:///"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
+READERS = min(4, os.cpu_count() or 1)
+"""Connections reading metric rows at once, a block of at least MIN_RUNS_PER_READER runs each."""
+MIN_RUNS_PER_READER = 100  # fewer runs are read on one connection: opening more costs more than it saves
+RUNS_PER_QUERY = 10_000  # one bound parameter per run: far below SQLite's 32,766 and PostgreSQL's 65,535
+ARROW_BATCH_ROWS = 65_536  # rows per Arrow batch of the SQLite driver (its default, 1,024, costs ~10% more CPU)
 
 # MLflow stores NaN as value 0 with is_nan set; the query turns it into NULL (value is NOT NULL in MLflow's
 # schema, so NULL can only mean NaN) and _nan_restored gives the NaN back. One column fewer to fetch row by row
@@ -61,10 +73,18 @@ def sqlite_file(uri: str) -> Path:
 def check_sqlite_exists(uri: str) -> None:
     """A missing SQLite file is an error: opening it (sqlite3 or MlflowClient) would create an empty store."""
     path = sqlite_file(uri)
+    if path.name in ("", ":memory:") or path.is_dir():
+        raise LoadError(f"{uri!r} names no SQLite database file (an in-memory database or a directory holds no "
+                        "logged runs); use sqlite:///relative/path.db or sqlite:////absolute/path.db")
     if not path.is_file():
         raise LoadError(
             f"MLflow store not found: {uri!r} points at {path.resolve()}, which does not exist. Check the path "
             "(sqlite:///relative/path.db or sqlite:////absolute/path.db); the loader never creates a store")
+
+
+def _libpq_conninfo(uri: str) -> str:
+    # postgresql+psycopg://... is SQLAlchemy's spelling; libpq wants postgresql://...
+    return "postgresql://" + uri.split("://", 1)[1]
 
 
 @dataclass(frozen=True)
@@ -97,10 +117,8 @@ def _connect(uri: str) -> Iterator[_Db]:
     else:
         import psycopg
 
-        # postgresql+psycopg://... is SQLAlchemy's spelling; libpq wants postgresql://...
-        conninfo = "postgresql://" + uri.split("://", 1)[1]
         try:
-            connection = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
+            connection = psycopg.connect(_libpq_conninfo(uri), autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as err:
             raise LoadError(f"cannot open MLflow store {uri!r}: {err}. Check host, port, user and database "
                             "name; the loader never creates a store") from err
@@ -169,22 +187,85 @@ def read_runs(uri: str, experiments: Sequence[str] | None) -> RawRuns:
 
 
 def read_curves(uri: str, experiments: Sequence[str] | None, run_ids: Sequence[str] | None,
-                keys: Sequence[str] | None) -> pl.DataFrame:
-    """Raw metric rows (RAW_CURVES) of the selected active runs and metric keys (all keys for None)."""
+                keys: Sequence[str] | None, assemble: Callable[[RawCurves], pl.DataFrame]) -> pl.DataFrame:
+    """Metric rows of the selected active runs and keys (all keys for None), assembled by `assemble` per block of
+    runs and concatenated: blocks hold consecutive runs in run_id order, each read and assembled on its own
+    connection and thread (the driver, pyarrow and polars release the GIL), so the blocks' frames, each sorted,
+    concatenate into one sorted frame."""
     with _connect(uri) as db:
         ids, names = _experiment_ids(db, experiments)
-        if not ids:
-            check_run_ids(empty(RAW_RUNS), run_ids)
-            return empty(RAW_CURVES)
-        check_run_ids(_runs(db, ids, names), run_ids)
-        where, params = _active_runs_where(db, ids)
-        if run_ids is not None:
-            where += f" AND m.run_uuid IN ({db.marks(run_ids)})"
-            params += list(run_ids)
+        runs = _runs(db, ids, names) if ids else empty(RAW_RUNS)
+    check_run_ids(runs, run_ids)
+    selected = sorted(set(runs["run_id"].to_list() if run_ids is None else run_ids))
+    if not selected:
+        return assemble(RawCurves([], empty(RAW_CURVES)))
+    n_blocks = max(math.ceil(len(selected) / RUNS_PER_QUERY),
+                   min(READERS, len(selected) // MIN_RUNS_PER_READER or 1))
+    size = math.ceil(len(selected) / n_blocks)
+    blocks = [selected[start:start + size] for start in range(0, len(selected), size)]
+
+    def block(run_ids: list[str]) -> pl.DataFrame:
+        return assemble(RawCurves(run_ids, _read_metric_rows(uri, run_ids, keys)))
+
+    if len(blocks) == 1:
+        return block(blocks[0])
+    with ThreadPoolExecutor(max_workers=len(blocks)) as pool:
+        return pl.concat(list(pool.map(block, blocks)))
+
+
+def _read_metric_rows(uri: str, run_ids: Sequence[str], keys: Sequence[str] | None) -> pl.DataFrame:
+    """RAW_CURVES rows of the runs run_ids[i] (coded i) through an Arrow-native (ADBC) driver.
+
+    The run codes come from a VALUES table joined to `metrics`, so the database returns a small integer per row
+    instead of the run's 32-character id, and its index on metrics.run_uuid serves the join. NaN comes as
+    value 0 with is_nan set; NULL never appears in these columns, so the SQLite driver's type inference (from
+    the first rows of each batch) cannot go wrong.
+    """
+    with _arrow_connect(uri) as (connection, mark):
+        values = ", ".join(f"({mark(i + 1)}, {i})" for i in range(len(run_ids)))
+        params = list(run_ids)
+        where = ""
         if keys is not None:
-            where += f" AND m.key IN ({db.marks(keys)})"
+            where = f" WHERE m.key IN ({', '.join(mark(len(params) + j + 1) for j in range(len(keys)))})"
             params += list(keys)
-        curves = db.read(
-            f"SELECT m.run_uuid AS run_id, m.key AS metric, m.step, {_VALUE.format(t='m')}, m.timestamp "
-            f"FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid WHERE {where}", params, RAW_CURVES)
-    return conform(curves.with_columns(_nan_restored()), RAW_CURVES)
+        query = (f"WITH rs (run_uuid, run) AS (VALUES {values}) SELECT rs.run, m.key AS metric, m.step, m.value, "
+                 f"m.is_nan, m.timestamp FROM rs JOIN metrics m ON m.run_uuid = rs.run_uuid{where}")
+        cursor = connection.cursor()
+        try:
+            if uri.startswith(SQLITE_PREFIX):
+                cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(ARROW_BATCH_ROWS)})
+            cursor.execute(query, params)
+            table = cursor.fetch_arrow_table()  # pyarrow reads the stream without the GIL
+        finally:
+            cursor.close()
+    if table.num_rows == 0:
+        return empty(RAW_CURVES)
+    rows = pl.from_arrow(table)
+    rows = rows.with_columns(pl.when(pl.col("is_nan").cast(pl.Boolean)).then(float("nan")).otherwise(pl.col("value"))
+                             .alias("value"))
+    return conform(rows, RAW_CURVES)
+
+
+def _qmark(n: int) -> str:
+    return "?"
+
+
+def _numbered(n: int) -> str:
+    return f"${n}"
+
+
+@contextmanager
+def _arrow_connect(uri: str) -> Iterator[tuple[object, Callable[[int], str]]]:
+    """An ADBC connection (read-only for SQLite) and the driver's placeholder for the n-th bound parameter."""
+    if uri.startswith(SQLITE_PREFIX):
+        import adbc_driver_sqlite.dbapi as adbc
+
+        connection, mark = adbc.connect(f"file:{quote(str(sqlite_file(uri).resolve()))}?mode=ro"), _qmark
+    else:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        connection, mark = adbc.connect(_libpq_conninfo(uri)), _numbered
+    try:
+        yield connection, mark
+    finally:
+        connection.close()

@@ -88,11 +88,11 @@ def log_run(client, experiment_id: str, name: str, N: float, D: float, loss: flo
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
+def store(tmp_path_factory, new_sqlite_store) -> str:
     from mlflow import MlflowClient
 
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_sqlite_store(root)
     client = MlflowClient(uri)
     exp = client.create_experiment("ladder", artifact_location=(root / "artifacts").as_uri())
     for N in np.geomspace(1e5, 1e7, 5):

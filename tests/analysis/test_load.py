@@ -7,11 +7,13 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
 from analysis.load import LoadError, load_curves, load_runs, load_table
+from analysis.load.frames import CURVE_COLUMNS, RawCurves, assemble_curves
 
 STEPS = 200  # optimizer steps logged per run
 VAL_EVERY = 50
@@ -96,9 +98,9 @@ def log_study(uri: str, artifacts: Path) -> Study:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Study:
+def study(tmp_path_factory, new_sqlite_store) -> Study:
     root = tmp_path_factory.mktemp("mlflow")
-    return log_study(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts")
+    return log_study(new_sqlite_store(root), root / "artifacts")
 
 
 def test_sql_and_client_paths_give_identical_frames(study):
@@ -212,6 +214,79 @@ def test_missing_store_is_an_error_and_not_created(tmp_path):
         load_runs(str(not_mlflow))  # a bare path to a database file
 
 
+def test_empty_or_in_memory_uri_is_an_error_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MlflowClient("") would create ./mlflow.db here
+    for uri in ("", "  ", "sqlite://", "sqlite:///", "sqlite:///:memory:", f"sqlite:///{tmp_path}"):
+        for load in (load_runs, load_curves):
+            with pytest.raises(LoadError, match="empty|names no SQLite"):
+                load(uri)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_curves_read_in_parallel_blocks_match_between_paths(new_sqlite_store, tmp_path, monkeypatch):
+    """Blocks of runs read on parallel connections (2 runs each here); steps logged twice with equal timestamps
+    (ties broken by value), NaN and negative steps; a metric selection without tokens or flops."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from analysis.load import sql
+
+    monkeypatch.setattr(sql, "MIN_RUNS_PER_READER", 2)
+    monkeypatch.setattr(sql, "READERS", 4)
+    uri = new_sqlite_store(tmp_path)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("many", artifact_location=(tmp_path / "artifacts").as_uri())
+    for i in range(7):
+        run_id = client.create_run(experiment, run_name=f"r{i}", start_time=T0 + i).info.run_id
+        metrics = [Metric(key, float(s * (i + 1)), T0 + s, s) for s in range(-1, 4) for key in ("tokens", "x")]
+        metrics += [Metric("x", 7.5, T0 + 2, 2), Metric("tokens", 99.5, T0 + 2, 2), Metric("tokens", 98.5, T0 + 2, 2)]
+        metrics.append(Metric("x", math.nan, T0 + 9, 9))
+        if i == 6:  # steps far apart: the tokens lookup searches instead of indexing a dense table
+            metrics += [Metric(key, 1.5, T0 + 10, 10**6) for key in ("x", "tokens")]
+        client.log_batch(run_id, metrics=metrics)
+    fast = load_curves(uri, "many", path="sql")
+    assert_frame_equal(fast, load_curves(uri, "many", path="client"))
+    assert fast.height == 7 * 14 + 2 and fast["run_id"].n_unique() == 7 and fast["run_id"].is_sorted()
+    assert fast.filter(pl.col("step") == 10**6)["tokens"].to_list() == [1.5, 1.5]
+    one = fast.filter((pl.col("run_id") == fast["run_id"][0]) & (pl.col("step") == 2))
+    assert one["metric"].to_list() == ["tokens"] * 3 + ["x"] * 2
+    assert one["tokens"].to_list() == [99.5] * 5  # the largest value of the latest timestamp
+    x_only = load_curves(uri, "many", metrics=["x"], path="sql")
+    assert_frame_equal(x_only, load_curves(uri, "many", metrics=["x"], path="client"))
+    assert x_only["flops"].null_count() == x_only.height and x_only["tokens"].null_count() == 7
+
+
+def reference_curves(raw: RawCurves) -> pl.DataFrame:
+    """assemble_curves written plainly: a multi-column sort and joins on (run_id, step)."""
+    rows = raw.rows.with_columns(run_id=pl.Series(raw.run_ids).gather(raw.rows["run"])).drop("run")
+    rows = rows.sort(["run_id", "metric", "step", "timestamp", "value"])
+    lookup = rows.filter(pl.col("metric").is_in(["tokens", "flops"])).unique(["run_id", "metric", "step"],
+                                                                            keep="last")
+    for key in ("tokens", "flops"):
+        column = lookup.filter(pl.col("metric") == key).select("run_id", "step", pl.col("value").alias(key))
+        rows = rows.join(column, on=["run_id", "step"], how="left", maintain_order="left")
+    rows = rows.with_columns(pl.from_epoch("timestamp", time_unit="ms").dt.replace_time_zone("UTC"))
+    return rows.select([pl.col(c).cast(t) for c, t in CURVE_COLUMNS.items()])
+
+
+@pytest.mark.parametrize("steps", ["dense", "sparse", "beyond 2^62"])
+def test_assembled_curves_match_a_plain_sort_and_join(steps):
+    rng = np.random.default_rng(0)
+    n, n_runs = 5000, 37
+    step = {"dense": rng.integers(-3, 120, n), "sparse": rng.integers(0, 10**9, n) // 1000 * 1000,
+            "beyond 2^62": rng.choice(np.array([-(2**62), 0, 5, 2**62]), n)}[steps]
+    rows = pl.DataFrame({
+        "run": rng.integers(0, n_runs, n).astype(np.uint32),
+        "metric": rng.choice(np.array(["tokens", "flops", "train/loss", "val/loss", "lr"]), n),
+        "step": step, "value": np.where(rng.random(n) < 0.05, np.nan, rng.integers(0, 4, n) * 0.5),
+        "timestamp": T0 + rng.integers(0, 3, n),  # many ties of (run, metric, step, timestamp)
+    })
+    raw = RawCurves([f"run-{i:03d}" for i in range(n_runs)], rows)
+    assert_frame_equal(assemble_curves(raw, None), reference_curves(raw))
+    picked = assemble_curves(raw, ["lr", "val/loss"])
+    assert_frame_equal(picked, reference_curves(raw).filter(pl.col("metric").is_in(["lr", "val/loss"])))
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_table_round_trip(tmp_path, suffix):
     df = pl.DataFrame({"N": [1e6, 4e6], "D": [2e7, 8e7], "loss": [3.1, 2.8], "name": ["a", "b"]})
@@ -237,7 +312,10 @@ def test_table_errors_name_the_column_and_the_fix(tmp_path):
         load_table(tmp_path / "points.xlsx")
 
 
-def test_postgres_store_paths_identical(postgres_url, tmp_path):
+def test_postgres_store_paths_identical(postgres_url, tmp_path, monkeypatch):
+    from analysis.load import sql
+
+    monkeypatch.setattr(sql, "MIN_RUNS_PER_READER", 3)  # metric rows read on parallel connections too
     study = log_study(postgres_url, tmp_path / "artifacts")
     fast = load_runs(study.uri, path="sql")
     assert fast.height == 8
