@@ -11,12 +11,20 @@ touches no RNG, so a reported trial trains exactly as an unreported one would.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, Optional
 
 import lightning as L
 import optuna
 
+from lab.preemption import StopRun
+
 PRUNERS = ("median", "hyperband", "none")
+
+
+class Pruned(optuna.TrialPruned, StopRun):
+    """The pruner stopped the trial: Optuna records it PRUNED, lab ends its MLflow run KILLED with this message as
+    status_reason (lab.preemption.StopRun)."""
 
 
 def make_pruner(name: str, *, every_tokens: int, max_tokens: int, startup_trials: int = 4,
@@ -43,16 +51,21 @@ def make_pruner(name: str, *, every_tokens: int, max_tokens: int, startup_trials
 class TokenPruning(L.Callback):
     """Links the trial to its MLflow run, reports val/loss (nats/token) at token checkpoints, prunes.
 
-    Raises ``optuna.TrialPruned("pruned at N tokens: ...")`` from ``on_train_batch_end``; lab.run.train tags the
-    run's ``status_reason`` and re-raises it, and the study's objective then ends the run KILLED.
+    Raises ``Pruned("pruned at N tokens: ...")`` from ``on_train_batch_end``: lab ends the run KILLED with that
+    reason and re-raises it, and Optuna records the trial PRUNED.
+
+    ``reported``: token checkpoints the trial already holds a value for, inherited from the dead trial it retries
+    (sweeps.study); its resumed run passes them again between its checkpoint and the point the worker died, with the
+    same values (training is deterministic), so they are neither reported again nor judged again.
     """
 
-    def __init__(self, trial: optuna.Trial, every_tokens: int):
+    def __init__(self, trial: optuna.Trial, every_tokens: int, reported: Iterable[int] = ()):
         if every_tokens < 1:
             raise ValueError(f"every_tokens={every_tokens}: the pruning checkpoint interval must be >= 1 token")
         self.trial = trial
         self.every_tokens = int(every_tokens)
         self.next_checkpoint = self.every_tokens
+        self.reported = frozenset(int(t) for t in reported)
         self.run_id: Optional[str] = None
         """The MLflow run of this trial, known from the start of fit (before any step can fail)."""
 
@@ -70,6 +83,8 @@ class TokenPruning(L.Callback):
             return
         checkpoint = tokens // self.every_tokens * self.every_tokens
         self.next_checkpoint = checkpoint + self.every_tokens
+        if checkpoint in self.reported:
+            return
         if pl_module.last_val_tokens == tokens:  # lab validated at this very step
             loss = pl_module.last_val_loss
         else:
@@ -78,5 +93,5 @@ class TokenPruning(L.Callback):
         last_step = int(batch["step"]) == len(pl_module.plan) - 1  # nothing left to save: the trial completes
         if not last_step and self.trial.should_prune():
             shown = f"{loss:.4f}" if math.isfinite(loss) else str(loss)
-            raise optuna.TrialPruned(f"pruned at {tokens} tokens by {type(self.trial.study.pruner).__name__}: "
-                                     f"val/loss={shown} at checkpoint {checkpoint} (trial {self.trial.number})")
+            raise Pruned(f"pruned at {tokens} tokens by {type(self.trial.study.pruner).__name__}: "
+                         f"val/loss={shown} at checkpoint {checkpoint} (trial {self.trial.number})")

@@ -122,7 +122,8 @@ class Plan:
     """RUNNING and recently active: possibly still training elsewhere, not launched again."""
 
 
-def _checkpoint_of(ckpt_dir: Path, run_id: str) -> bool:
+def checkpoint_of(ckpt_dir: Path, run_id: str) -> bool:
+    """Whether ``ckpt_dir`` (lab.run.checkpoint_dir) holds a checkpoint of MLflow run ``run_id`` to resume."""
     meta = ckpt_dir / "run.json"
     if not (meta.exists() and (ckpt_dir / "last.ckpt").exists()):
         return False
@@ -149,7 +150,7 @@ def plan_jobs(specs: Sequence[RunSpec], previous: Mapping[str, Previous], checkp
             active.append((spec, prev))
             continue
         resumable = (resume and prev is not None and not (prev.reason or "").startswith(DIVERGED_PREFIX)
-                     and _checkpoint_of(checkpoint_root / spec.name, prev.run_id))
+                     and checkpoint_of(checkpoint_root / spec.name, prev.run_id))
         jobs.append(Job(spec, resume=resumable, previous=prev))
     return Plan(tuple(jobs), tuple(skipped), tuple(active))
 
@@ -232,15 +233,12 @@ class SweepTracker:
         return max([run.info.start_time] + [m.timestamp for m in history]) / 1000.0
 
     def prepare(self, job: Job, sweep: str) -> None:
-        """Before a leftover is launched again: a resumed run must not keep the reason it stopped; a RUNNING run
-        that starts afresh is marked KILLED so that it does not look alive forever."""
+        """Before a leftover is launched again afresh: a RUNNING run is marked KILLED so that it does not look alive
+        forever. (A resumed run is reopened by lab itself: RUNNING, its reason kept as ``resumed_after``.)"""
         prev = job.previous
-        if prev is None:
+        if prev is None or job.resume:
             return
-        if job.resume:
-            if prev.reason is not None:
-                self.client.delete_tag(prev.run_id, "status_reason")
-        elif prev.status == "RUNNING":
+        if prev.status == "RUNNING":
             self.client.set_tag(prev.run_id, "status_reason", f"interrupted; run again by sweep {sweep}")
             self.client.set_terminated(prev.run_id, status="KILLED")
 
@@ -304,6 +302,12 @@ def outcome_after_crash(job: Job, after: Mapping[str, Previous], err: BaseExcept
 STATUSES = ("FINISHED", "SKIPPED", "FAILED", "ERROR", "ACTIVE", "NOT_RUN")
 
 
+def waiting_on(stage: int, specs: Sequence[RunSpec], outcomes: Mapping[str, RunOutcome]) -> list[str]:
+    """Runs of stages before ``stage`` without a FINISHED MLflow run: what a run of ``stage`` would wait for."""
+    done = ("FINISHED", "SKIPPED")
+    return [s.name for s in specs if s.stage < stage and getattr(outcomes.get(s.name), "status", None) not in done]
+
+
 @dataclass(frozen=True)
 class SweepSummary:
     sweep_id: str
@@ -334,7 +338,7 @@ class SweepSummary:
                  "-" * (width + 50)]
         for o in self.outcomes:
             note = "resumed" if o.resumed else ""
-            if o.status in ("FAILED", "ERROR") and o.reason:
+            if o.status in ("FAILED", "ERROR", "NOT_RUN") and o.reason:
                 note = (o.reason.splitlines() or [""])[0][:100]
             lines.append(f"{o.name:<{width}}  {o.status:<8}  {num(o.N, '8.3g')}  {num(o.D, '8.3g')}  "
                          f"{num(o.final_val_loss, '8.4f')}  {note}".rstrip())

@@ -4,17 +4,32 @@ Workers are independent processes (``lab-study``, or ``run_worker`` in-process) 
 storage and each run ``study.optimize`` for their own number of trials; none waits for another. The process that
 creates the study (an atomic insert in the storage: exactly one wins) also creates the study's MLflow parent run
 and records its id on the study; every trial becomes one child run named ``<study>-t<number>``, and trial and run
-point at each other (trial user attr ``mlflow_run_id``; run tags ``optuna_study``, ``optuna_trial``).
+point at each other (trial user attrs ``mlflow_run_id``, ``mlflow_run_name``; run tags ``optuna_study``,
+``optuna_trial``).
 
 Storages: ``sqlite:///path.db`` (default: ``optuna.db`` beside a SQLite MLflow store), ``journal:path.log``
-(Optuna's journal file, no heartbeat), ``postgresql+psycopg://user@host:5432/db`` on clusters. On RDB storages a
-trial whose worker stops sending heartbeats is failed by the next worker that starts a trial, its MLflow run is
-ended FAILED with the reason, and it is queued again (``RetryHeartbeatStaleTrialCallback``).
+(Optuna's journal file, no heartbeat), ``postgresql+psycopg://user@host:5432/db`` on clusters.
+
+A trial whose worker dies is run again, and its run continues where it stopped:
+
+- killed (SIGKILL, a lost node): on RDB storages the next worker that starts a trial finds the trial without
+  heartbeat for ``grace_s``, fails it and queues a retry with the same parameters (``StaleTrialHandler``);
+- preempted (SIGTERM, SLURM): the run saves a checkpoint at that step and ends KILLED (lab.preemption), and the
+  worker itself fails the trial and queues the retry before it exits, on any storage.
+
+When the dead trial's run has a checkpoint (``<checkpoint_dir>/<experiment>/<run name>/``: run.json of that run
+and last.ckpt), the retry resumes it (``resume=true``): the same MLflow run, every metric step once, ending
+FINISHED; meanwhile it is KILLED with the reason, and once resumed it carries ``optuna_trial=<retry>``,
+``optuna_retry_of=<first trial>``, ``resumes`` and ``resumed_after`` tags. The retry inherits the dead trial's
+pruning reports (the resumed run passes those token checkpoints again with the same values and does not report them
+twice). Without a checkpoint the dead run ends FAILED with its reason and the retry starts a new run,
+``<study>-t<retry number>``. Each trial is retried at most ``max_retry`` times.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import re
 import sqlite3
@@ -28,16 +43,19 @@ from typing import Any, Optional
 import optuna
 import sqlalchemy.exc
 from mlflow.entities import Param as Param_
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from lab.preemption import Preempted
 from lab.run import train
 from lab.tracking import ensure_store, sqlite_path
 from lab.train import compose_config
-from sweeps.pruning import TokenPruning, make_pruner
+from sweeps.pruning import Pruned, TokenPruning, make_pruner
+from sweeps.runs import checkpoint_of
 from sweeps.study_space import (Param, PruningSettings, SearchSpace, StudyError, base_overrides, format_value,
                                 load_space, validate_space)
 
@@ -54,9 +72,15 @@ class TrialFailed(RuntimeError):
 
 
 def default_storage(tracking_uri: str) -> str:
-    """``optuna.db`` beside a SQLite MLflow store (in the working directory for a tracking server)."""
+    """``optuna.db`` beside a SQLite MLflow store. Runs recorded elsewhere (a tracking server, a database) come
+    from workers on many machines, which a file in one working directory cannot serve: --storage is required."""
     db = sqlite_path(tracking_uri)
-    return f"sqlite:///{(db.parent if db is not None else Path('.')) / 'optuna.db'}"
+    if db is None:
+        raise StudyError(f"tracking.uri={tracking_uri} is not a SQLite file, so there is no optuna.db beside it to "
+                         "share: give --storage (lab-server prints the PostgreSQL URL to use, e.g. "
+                         "postgresql+psycopg://postgres@db:5432/mlflow_optuna; sqlite:///optuna.db keeps the study "
+                         "on this machine)")
+    return f"sqlite:///{db.parent / 'optuna.db'}"
 
 
 @contextlib.contextmanager
@@ -150,23 +174,51 @@ class OpenStudy:
     experiment: str
     every_tokens: int
     """Pruning checkpoint interval in tokens."""
+    checkpoint_root: Path
+    """``<checkpoint_dir>/<experiment>``: each trial's run keeps its checkpoints in ``<run name>/`` below it."""
+    retry: StaleTrialHandler
+    """Fails over a trial whose worker is gone: the storage calls it on stale trials, a preempted worker itself."""
+
+
+def run_name_of(study_name: str, trial: FrozenTrial) -> str:
+    """The MLflow run name of a trial: its own (``<study>-t<number>``), or that of the run its retry resumes."""
+    return str(trial.user_attrs.get("mlflow_run_name", f"{study_name}-t{trial.number:04d}"))
+
+
+def resumable(trial: FrozenTrial, study_name: str, checkpoint_root: Path) -> Optional[str]:
+    """The MLflow run id of ``trial``'s run when its checkpoint directory holds a checkpoint of that run."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    return run_id if run_id and checkpoint_of(checkpoint_root / run_name_of(study_name, trial), run_id) else None
 
 
 class StaleTrialHandler:
-    """Runs in whichever worker finds a trial without heartbeat: ends its MLflow run FAILED, then queues a retry."""
+    """Runs in the worker that fails a trial whose worker is gone (no heartbeat, or preempted): queues a retry with
+    the same parameters, which inherits the trial's pruning reports and resumes its run when a checkpoint of it
+    exists; meanwhile the run is KILLED when it has a checkpoint (resumable), else FAILED (module docstring)."""
 
-    def __init__(self, tracking_uri: str, grace_s: int, max_retry: int):
-        self.tracking_uri, self.grace_s = tracking_uri, grace_s
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    def __init__(self, tracking_uri: str, checkpoint_root: Path, grace_s: int, max_retry: int):
+        self.tracking_uri, self.checkpoint_root = tracking_uri, checkpoint_root
+        self.grace_s, self.max_retry = grace_s, max_retry
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def __call__(self, study: optuna.Study, trial: FrozenTrial, cause: Optional[str] = None) -> None:
+        """``cause``: why the trial's worker is gone, for the run's status_reason (default: no heartbeat)."""
+        cause = cause or f"worker lost: no Optuna heartbeat for {self.grace_s} s"
+        retry = len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) + 1
+        will_retry = retry <= self.max_retry
+        has_checkpoint = resumable(trial, study.study_name, self.checkpoint_root) is not None
+        resume = will_retry and has_checkpoint
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
+            then = (f"not retried ({self.max_retry} retries used)" if not will_retry else
+                    f"queued for retry {retry} of {self.max_retry}, "
+                    + ("which resumes this run from its checkpoint" if resume else "a new run (no checkpoint)"))
             client = MlflowClient(self.tracking_uri)
-            client.set_tag(run_id, "status_reason", f"worker lost: no Optuna heartbeat for {self.grace_s} s; "
-                                                    f"trial {trial.number} failed and queued for retry")
-            client.set_terminated(run_id, status="FAILED")
-        self.retry(study, trial)
+            client.set_tag(run_id, "status_reason", f"{cause}; trial {trial.number} failed and {then}")
+            client.set_terminated(run_id, status="KILLED" if has_checkpoint else "FAILED")
+        inherited = copy.copy(trial)  # the retry inherits the user attrs, but not why this attempt failed
+        inherited.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+        queue_retry = RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry, inherit_intermediate_values=resume)
+        queue_retry(study, inherited)
 
 
 def find_parent_run(client: MlflowClient, experiment: str, study_name: str) -> Optional[str]:
@@ -226,9 +278,10 @@ def open_study(spec: StudySpec) -> OpenStudy:
     storage_url = spec.storage or default_storage(uri)
     spec = replace(spec, storage=storage_url)
     every = int(spec.space.pruning.every_tokens or max(1, D // 10))
+    checkpoint_root = Path(base.checkpoint_dir) / experiment
     ensure_store(uri)  # once, under a lock, before any worker logs (environment.md)
-    storage = open_storage(storage_url, heartbeat_s=spec.heartbeat_s, grace_s=spec.grace_s,
-                           on_stale=StaleTrialHandler(uri, spec.grace_s, spec.max_retry))
+    retry = StaleTrialHandler(uri, checkpoint_root, spec.grace_s, spec.max_retry)
+    storage = open_storage(storage_url, heartbeat_s=spec.heartbeat_s, grace_s=spec.grace_s, on_stale=retry)
     sampler = make_sampler(spec.sampler, spec.space, spec.seed)
     pruner = make_pruner(spec.pruner, every_tokens=every, max_tokens=D // every * every,
                          startup_trials=spec.space.pruning.startup_trials,
@@ -247,37 +300,51 @@ def open_study(spec: StudySpec) -> OpenStudy:
         study.set_user_attr("mlflow_parent_run_id", parent)
     if client.get_run(parent).info.status != "RUNNING":
         client.update_run(parent, status="RUNNING")  # a finished study got new workers
-    return OpenStudy(study, spec, parent, uri, experiment, every)
+    return OpenStudy(study, spec, parent, uri, experiment, every, checkpoint_root, retry)
 
 
-def trial_overrides(opened: OpenStudy, trial: optuna.Trial, values: dict[str, Any]) -> list[str]:
-    spec, n = opened.spec, trial.number
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number == n)
+def frozen_trial(trial: optuna.Trial, state: TrialState = TrialState.RUNNING) -> FrozenTrial:
+    """The stored state of a trial: its user attrs and reports (a retry inherits them from the dead trial)."""
+    return next(t for t in trial.study.get_trials(deepcopy=False, states=(state,)) if t.number == trial.number)
+
+
+def trial_overrides(opened: OpenStudy, frozen: FrozenTrial, values: dict[str, Any]) -> tuple[list[str], str]:
+    """lab-train overrides of a trial and its run name: its own run, or the dead trial's that its retry resumes."""
+    spec, n = opened.spec, frozen.number
     retry_of = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-    return [*base_overrides(spec.space, spec.threads, spec.overrides),
-            *(f"{k}={format_value(v)}" for k, v in values.items()),
-            f"tracking.run_name={spec.name}-t{n:04d}", f"tracking.parent_run_id={opened.parent_run_id}",
-            f"++tracking.tags.sweep={spec.name}", f"++tracking.tags.design=optuna:{spec.space.name}",
-            f"++tracking.tags.optuna_study={spec.name}", f"++tracking.tags.optuna_trial={n}",
-            *([f"++tracking.tags.optuna_retry_of={retry_of}"] if retry_of is not None else [])]
+    resume = retry_of is not None and resumable(frozen, spec.name, opened.checkpoint_root) is not None
+    run_name = run_name_of(spec.name, frozen) if resume else f"{spec.name}-t{n:04d}"
+    overrides = [*base_overrides(spec.space, spec.threads, spec.overrides),
+                 *(f"{k}={format_value(v)}" for k, v in values.items()),
+                 f"tracking.run_name={run_name}", f"tracking.parent_run_id={opened.parent_run_id}",
+                 f"++tracking.tags.sweep={spec.name}", f"++tracking.tags.design=optuna:{spec.space.name}",
+                 f"++tracking.tags.optuna_study={spec.name}", f"++tracking.tags.optuna_trial={n}",
+                 *([f"++tracking.tags.optuna_retry_of={retry_of}"] if retry_of is not None else []),
+                 *(["resume=true"] if resume else [])]
+    return overrides, run_name
 
 
 def make_objective(opened: OpenStudy) -> Callable[[optuna.Trial], float]:
     """One trial = one lab run; returns its final val/loss (nats/token), the value the study minimises."""
-    client = MlflowClient(opened.tracking_uri)
 
     def objective(trial: optuna.Trial) -> float:
         values = {p.name: p.suggest(trial) for p in opened.spec.space.params}
-        cfg = compose_config(trial_overrides(opened, trial, values))
-        pruning = TokenPruning(trial, opened.every_tokens)
+        frozen = frozen_trial(trial)
+        overrides, run_name = trial_overrides(opened, frozen, values)
+        cfg = compose_config(overrides)
+        trial.set_user_attr("mlflow_run_name", run_name)
+        pruning = TokenPruning(trial, opened.every_tokens, reported=frozen.intermediate_values)
         try:
             result = train(cfg, callbacks=[pruning])
-        except optuna.TrialPruned as err:
-            # Lightning ended the run FAILED and lab tagged the exception; a pruned run is a stopped one.
+        except Pruned as err:  # lab ended the run KILLED with the reason; Optuna records the trial PRUNED
             trial.set_user_attr("prune_reason", str(err))
-            if pruning.run_id:
-                client.set_tag(pruning.run_id, "status_reason", str(err))
-                client.set_terminated(pruning.run_id, status="KILLED")
+            raise
+        except Preempted as err:
+            # The run is checkpointed and KILLED. Hand the trial back now (not after the heartbeat grace period, and
+            # on journal storages too): FAIL, then a retry that resumes the run; then let the worker exit.
+            trial.set_user_attr("fail_reason", str(err))
+            opened.study.tell(trial, state=TrialState.FAIL)
+            opened.retry(opened.study, frozen_trial(trial, TrialState.FAIL), cause=str(err))
             raise
         trial.set_user_attr("mlflow_run_id", result.run_id)
         if result.status != "FINISHED":
@@ -317,8 +384,9 @@ def record_on_parent(opened: OpenStudy, summary: StudySummary) -> None:
     if summary.best_trial is not None:
         tags.update(best_trial=str(summary.best_trial), best_run_id=str(summary.best_run_id))
         client.log_metric(opened.parent_run_id, "best/val_loss", summary.best_value, step=sum(summary.counts.values()))
-    for k, v in tags.items():
-        client.set_tag(opened.parent_run_id, k, v)
+    # One log_batch, not set_tag per key: MLflow's SQL set_tag is a select-then-insert that fails with a unique-key
+    # violation when two workers record the same tag at once; log_batch retries that race.
+    client.log_batch(opened.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     if not (summary.counts.get("RUNNING") or summary.counts.get("WAITING")):
         client.set_terminated(opened.parent_run_id, status="FINISHED")
 

@@ -150,10 +150,8 @@ class DesignSweeper(Sweeper):
             return SweepSummary(sid, design_name, parent, tuple(
                 outcomes.get(s.name, RunOutcome(s.name, "NOT_RUN", tags=dict(s.tags))) for s in specs))
 
-        size = self.max_batch_size or max(len(plan.jobs), 1)
         try:
-            for start in range(0, len(plan.jobs), size):
-                batch = plan.jobs[start:start + size]
+            for start, batch in self._batches(plan.jobs, specs, outcomes):
                 for job in batch:
                     tracker.prepare(job, sid)
                 overrides = [job_overrides(j.spec, sid, design_name, parent, task_overrides, j.resume, threads)
@@ -178,6 +176,29 @@ class DesignSweeper(Sweeper):
         tracker.close_parent(parent, result)
         print(result.table(), flush=True)
         return result
+
+    def _batches(self, jobs: Sequence[Job], specs: Sequence[Any], outcomes: dict[str, RunOutcome]
+                 ) -> Iterator[tuple[int, Sequence[Job]]]:
+        """(first job index, jobs) to launch together: stage by stage (RunSpec.stage), at most max_batch_size at once.
+        A stage starts only once every run of the earlier stages finished (CBS branches need their reference's
+        checkpoints); otherwise its jobs end NOT_RUN with the runs they wait for as the reason."""
+        from sweeps.runs import RunOutcome, waiting_on
+
+        start = 0
+        for stage in sorted({j.spec.stage for j in jobs}):
+            staged = [j for j in jobs if j.spec.stage == stage]
+            waiting = waiting_on(stage, specs, outcomes)
+            if waiting:
+                log.warning("stage %d (%d runs) not launched: earlier runs did not finish: %s", stage, len(staged),
+                            ", ".join(waiting[:5]))
+                outcomes.update({j.spec.name: RunOutcome(
+                    j.spec.name, "NOT_RUN", reason=f"waits for unfinished run(s) {', '.join(waiting[:3])}",
+                    tags=dict(j.spec.tags)) for j in staged})
+                continue
+            size = self.max_batch_size or max(len(staged), 1)
+            for i in range(0, len(staged), size):
+                yield start, staged[i:i + size]
+                start += len(staged[i:i + size])
 
     @staticmethod
     def _outcome(job: Job, ret: JobReturn) -> RunOutcome:

@@ -4,6 +4,11 @@ Hydra's submitit launcher gives every job of a sweep the same resources. A scali
 each job's non-embedding N is computed from its composed config (sweeps.designs.rung, no torch model built), the
 first tier with N <= max_N gives its timeout, CPUs, GPUs, memory and extra overrides (e.g. trainer=gpu), and the
 job runs with trainer.threads = cpus_per_task. Works for any multirun of the training config, not only designs.
+
+Preemption and time limits: a job's run that receives SIGTERM or submitit's signal (USR2, sent by SLURM before the
+time limit, and on preemption where the cluster sets preempt_send_user_signal) saves a checkpoint at that step and
+ends KILLED (lab.preemption); the job then asks submitit to requeue it (submitit's own signal handler, which calls
+``checkpoint``), and the requeued job continues the same MLflow run with ``resume=true``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -27,6 +33,8 @@ log = logging.getLogger(__name__)
 class SizedSubmititLauncher(BaseSubmititLauncher):
     def __init__(self, tiers: Any = (), **params: Any) -> None:
         super().__init__(**params)
+        self._preempted = False
+        """Set in the job's process when its run stopped at a checkpoint on a preemption signal."""
         self.tiers = [OmegaConf.to_container(t, resolve=True) if OmegaConf.is_config(t) else dict(t)
                       for t in tiers]
         if not self.tiers or self.tiers[-1].get("max_N") is not None:
@@ -43,6 +51,32 @@ class SizedSubmititLauncher(BaseSubmititLauncher):
         assert isinstance(model, ModelConfig)
         N = rung(model).N
         return next(i for i, t in enumerate(self.tiers) if t.get("max_N") is None or N <= float(t["max_N"])), N
+
+    def __call__(self, sweep_overrides: list[str], *args: Any) -> JobReturn:
+        """One job, in its submitit process; a preempted run has the job requeued (module docstring)."""
+        from lab.preemption import Preempted, submitit_signal
+
+        try:
+            return super().__call__(sweep_overrides, *args)
+        except Preempted as stop:
+            requeue = signal.getsignal(submitit_signal())
+            if not callable(requeue):  # no submitit handler in this process: nothing can requeue the job
+                raise
+            log.warning("%s; asking submitit to requeue this job", stop)
+            self._preempted = True
+            # submitit's handler calls checkpoint(), stores the resubmission, requeues the job and exits; it returns
+            # only on tasks other than the first, which end with the run's exception.
+            signal.raise_signal(submitit_signal())
+            raise
+
+    def checkpoint(self, sweep_overrides: list[str], *args: Any) -> Any:
+        """submitit's requeue hook: the same job again, continuing its run (resume=true) when it was preempted."""
+        from sweeps.runs import override_key
+
+        if self._preempted:
+            sweep_overrides = [*(o for o in sweep_overrides if override_key(o) != "resume"), "resume=true"]
+            self._preempted = False  # the resubmission pickles this launcher
+        return super().checkpoint(sweep_overrides, *args)
 
     def _executor(self, tier: dict[str, Any]) -> Any:
         """A submitit executor for one tier: the launcher's parameters with the tier's resources on top."""

@@ -183,39 +183,74 @@ def test_two_worker_processes_share_a_postgres_study(tmp_path, cache_dir, postgr
         study.user_attrs["mlflow_parent_run_id"]).data.tags["optuna_storage"].startswith("postgresql+psycopg://")
 
 
-def test_sigkilled_worker_trial_is_retried_by_another_worker(tmp_path, cache_dir):
+def test_sigkilled_worker_trial_is_retried_and_resumes_its_run_from_the_checkpoint(tmp_path, cache_dir):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     beat = ("--heartbeat", "1", "--grace", "2")
-    proc = worker(tmp_path, cache_dir, "crash", storage, 1, *beat, "--pruner", "none", "budget.tokens=4e5")
-    deadline = time.monotonic() + 120
-    running = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            trials = optuna.load_study(study_name="crash", storage=storage).get_trials()
-        except KeyError:  # the worker has not created the study yet
-            trials = []
-        running = next((t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values), None)
-        if running:
-            break
-        time.sleep(0.2)
-    assert running is not None, proc.communicate()[1][-3000:]
+    # budget.tokens=1e5: 391 steps of 256 tokens; a checkpoint every 25 steps, a pruning report every 10
+    proc = worker(tmp_path, cache_dir, "crash", storage, 1, *beat, "--pruner", "none", "budget.tokens=1e5")
+    last = tmp_path / "ckpt" / "smoke_study" / "crash-t0000" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # train and report past the checkpoint: those steps must not be recorded twice
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the trial finished before the worker could be killed"
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, f"the trial finished before the worker could be killed: {err[-3000:]}"
+    dead = optuna.load_study(study_name="crash", storage=storage).get_trials()[0]
+    assert dead.state == TrialState.RUNNING and dead.intermediate_values, "killed mid-trial, after some reports"
     time.sleep(3)  # > grace period: the dead trial's last heartbeat is now stale
 
     spec = StudySpec(name="crash", space=load_space("smoke"), storage=storage, pruner="none", heartbeat_s=1,
-                     grace_s=2, overrides=paths(tmp_path, cache_dir))
+                     grace_s=2, overrides=(*paths(tmp_path, cache_dir), "budget.tokens=1e5"))  # as the dead worker
     run_worker(spec, n_trials=1)  # its first trial fails the stale one and runs the queued retry
     study = optuna.load_study(study_name="crash", storage=storage)
-    dead, retry = study.get_trials()
-    assert dead.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    dead_after, retry = study.get_trials()
+    assert dead_after.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
     assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == dead.number
     assert retry.params == dead.params
+    assert sorted(retry.intermediate_values) == [2560 * k for k in range(1, 40)], "each checkpoint reported once"
+    assert all(retry.intermediate_values[k] == v for k, v in dead.intermediate_values.items())
+
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    dead_run, retry_run = (client.get_run(t.user_attrs["mlflow_run_id"]) for t in (dead, retry))
-    assert dead_run.info.run_id != retry_run.info.run_id
-    assert dead_run.info.status == "FAILED" and "no Optuna heartbeat" in dead_run.data.tags["status_reason"]
-    assert retry_run.info.status == "FINISHED" and retry_run.data.tags["optuna_retry_of"] == str(dead.number)
-    parent = study.user_attrs["mlflow_parent_run_id"]
-    assert dead_run.data.tags["mlflow.parentRunId"] == retry_run.data.tags["mlflow.parentRunId"] == parent
+    run_id = dead_after.user_attrs["mlflow_run_id"]
+    assert retry.user_attrs["mlflow_run_id"] == run_id, "the retry continued the dead trial's run"
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "crash-t0000"
+    assert run.data.metrics["val/loss"] == pytest.approx(retry.value)
+    tags = run.data.tags
+    assert (tags["optuna_trial"], tags["optuna_retry_of"], tags["resumes"]) == ("1", "0", "1")
+    assert "no Optuna heartbeat" in tags["resumed_after"] and "resumes this run from its checkpoint" in \
+        tags["resumed_after"] and "status_reason" not in tags
+    recorded = sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
+    assert recorded == list(range(1, int(run.data.params["steps"]) + 1)), "every step exactly once across the kill"
+    children = client.search_runs([run.info.experiment_id], "tags.optuna_study = 'crash'")
+    assert len(children) == 2, "the study's parent and one run for both trials"
+    assert tags["mlflow.parentRunId"] == study.user_attrs["mlflow_parent_run_id"]
+
+
+def test_stale_trial_without_a_checkpoint_is_retried_as_a_new_run(tmp_path, cache_dir):
+    spec = StudySpec(name="lost", space=load_space("smoke"), pruner="none", heartbeat_s=1, grace_s=1,
+                     overrides=paths(tmp_path, cache_dir))
+    opened = open_study(spec)
+    # What a worker that died before its first checkpoint leaves: a RUNNING trial with its parameters, a heartbeat
+    # that stopped, and a RUNNING MLflow run with nothing to resume.
+    trial = opened.study.ask()
+    params = {p.name: p.suggest(trial) for p in spec.space.params}
+    opened.study._storage.record_heartbeat(trial._trial_id)
+    client = MlflowClient(opened.tracking_uri)
+    exp = client.get_experiment_by_name(opened.experiment).experiment_id
+    dead_run = client.create_run(exp, run_name="lost-t0000").info.run_id
+    trial.set_user_attr("mlflow_run_id", dead_run)
+    time.sleep(2.5)  # > grace period
+
+    run_trials(opened, n_trials=1)
+    dead, retry = opened.study.get_trials()
+    assert dead.state == TrialState.FAIL and retry.state == TrialState.COMPLETE and retry.params == params
+    failed = client.get_run(dead_run)
+    assert failed.info.status == "FAILED"
+    assert "no Optuna heartbeat" in failed.data.tags["status_reason"]
+    assert "a new run (no checkpoint)" in failed.data.tags["status_reason"]
+    fresh = client.get_run(retry.user_attrs["mlflow_run_id"])
+    assert fresh.info.run_id != dead_run and fresh.info.run_name == "lost-t0001"
+    assert fresh.info.status == "FINISHED" and fresh.data.tags["optuna_retry_of"] == "0"
+    assert "resumes" not in fresh.data.tags and not dead.intermediate_values
