@@ -207,6 +207,10 @@ class TrainerConfig:
     fused_ce_chunk: Optional[int] = None
     """Rows (tokens) per chunk of the fused linear + cross-entropy loss, which never builds the full (tokens, V)
     logits (lab.losses); None: the naive loss."""
+    checkpoint_at_tokens: list[float] = field(default_factory=list)
+    """Token counts at which to keep a checkpoint ``tokens-<T>.ckpt`` (and its record ``tokens-<T>.json``) beside
+    last.ckpt, never overwritten: the branch points of a critical-batch-size study (lab.init). Each T must end
+    an optimizer step and come before the end of the run."""
 
     def __post_init__(self) -> None:
         _require(self.compile_mode in COMPILE_MODES, "trainer.compile_mode", self.compile_mode,
@@ -220,6 +224,36 @@ class TrainerConfig:
         _require(self.checkpoint_every_steps >= 1, "trainer.checkpoint_every_steps",
                  self.checkpoint_every_steps, "use >= 1")
         _require(self.max_loss > 0, "trainer.max_loss", self.max_loss, "use a positive loss ceiling")
+        points = [float(t) for t in self.checkpoint_at_tokens]
+        _require(all(t > 0 for t in points) and points == sorted(set(points)), "trainer.checkpoint_at_tokens",
+                 self.checkpoint_at_tokens, "give increasing positive token counts, e.g. [4096, 16384]")
+
+
+@dataclass
+class InitConfig:
+    """Start from a checkpoint of a reference run and train a token window at another batch size: a branch of a
+    critical-batch-size study (Merrill et al. 2025; lab.init). checkpoint=None: train from scratch."""
+
+    checkpoint: Optional[str] = None
+    """A ``tokens-<T>.ckpt`` that a reference run kept (trainer.checkpoint_at_tokens), its record beside it."""
+    tokens: Optional[float] = None
+    """T: tokens the reference had seen at the checkpoint (checked against the checkpoint's record)."""
+    window_tokens: Optional[float] = None
+    """W: tokens the branch trains, from T to T + W; a whole number of steps of the branch's batch."""
+    lr_rescale: str = "sqrt"
+    """The branch's lr is the reference's schedule at the same tokens times a factor of B/B_ref: none | linear |
+    sqrt (lab.schedules.lr_batch_factor)."""
+
+    def __post_init__(self) -> None:
+        _one_of("init.lr_rescale", self.lr_rescale, LR_RESCALE_RULES)
+        if self.checkpoint is None:
+            _require(self.tokens is None and self.window_tokens is None, "init.checkpoint", None,
+                     "init.tokens and init.window_tokens need init.checkpoint=PATH of a tokens-<T>.ckpt")
+            return
+        _require(self.tokens is not None and self.tokens > 0, "init.tokens", self.tokens,
+                 "give the checkpoint's token count T, e.g. init.tokens=4096")
+        _require(self.window_tokens is not None and self.window_tokens > 0, "init.window_tokens",
+                 self.window_tokens, "give the tokens the branch trains, e.g. init.window_tokens=16384")
 
 
 @dataclass
@@ -243,6 +277,7 @@ class TrainConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     seed: int = 0
     resume: bool = False
     """Continue the run named tracking.run_name from its last checkpoint, into the same MLflow run."""
@@ -262,6 +297,9 @@ class TrainConfig:
             _require(b % granularity == 0, "batch.sequences", b,
                      f"every global batch must be a multiple of micro_batch x devices = {granularity}; "
                      f"change batch.sequences / batch.micro_batch / trainer.devices")
+        if self.init.checkpoint is not None:
+            _require(self.batch.schedule == "constant", "batch.schedule", self.batch.schedule,
+                     "a branch (init.checkpoint) trains at one batch size: use batch=constant")
         vocab_is_bytes = self.data.source != "builtin" or self.model.vocab_size == 256
         _require(vocab_is_bytes, "model.vocab_size", self.model.vocab_size,
                  "the built-in corpus is byte-level: use model.vocab_size=256")

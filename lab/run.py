@@ -19,14 +19,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
-from lab import flops, parallel
+from lab import flops, init, parallel, preemption
 from lab.config import ConfigError, TrainConfig
 from lab.datamodule import TokenData
 from lab.model import GPT, GPTConfig, gpt_config
 from lab.module import Accounting, DivergedError, LitGPT
 from lab.progress import StepProgressBar
 from lab.schedules import BatchSchedule, LRSchedule, PlanStep, plan as schedule_plan
-from lab.tracking import RunLogger, ensure_store, git_state, recorded_steps
+from lab.tracking import PendingMetrics, RunLogger, ensure_store, git_state, recorded_steps
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,19 @@ def budget_tokens(cfg: TrainConfig, N: int) -> int:
     return int(D)
 
 
-def step_plan(cfg: TrainConfig, D: int) -> list[PlanStep]:
+def lr_schedule(cfg: TrainConfig, D: int) -> LRSchedule:
     o, b = cfg.optim, cfg.batch
     warmup = o.warmup_tokens if o.warmup_tokens is not None else o.warmup_fraction * D
     start = b.start_sequences if b.start_sequences is not None else b.sequences
-    lr_s = LRSchedule(name=o.schedule, warmup_tokens=warmup, total_tokens=D, min_lr_ratio=o.min_lr_ratio,
+    return LRSchedule(name=o.schedule, warmup_tokens=warmup, total_tokens=D, min_lr_ratio=o.min_lr_ratio,
                       decay_fraction=o.decay_fraction, decay_shape=o.decay_shape,
                       power_batch=start, power_lr_max=o.lr)
+
+
+def step_plan(cfg: TrainConfig, D: int) -> list[PlanStep]:
+    o, b = cfg.optim, cfg.batch
+    start = b.start_sequences if b.start_sequences is not None else b.sequences
+    lr_s = lr_schedule(cfg, D)
     batch_s = BatchSchedule(name=b.schedule, sequences=b.sequences, start_sequences=start,
                             ramp_tokens=b.ramp_tokens or 0,
                             milestones=tuple((int(t), int(s)) for t, s in b.milestones),
@@ -146,22 +152,30 @@ class PreparedRun:
     resume_run_id: Optional[str]
     resume_ckpt: Optional[Path]
     peak_flops: float
+    lr_schedule: Optional[LRSchedule] = None
+    branch: Optional[init.Branch] = None
+    """Set when the run starts from a reference's checkpoint (init.checkpoint): a critical-batch-size branch."""
 
 
 def prepare(cfg: TrainConfig) -> PreparedRun:
     """Size, budget, schedules, data and resume target; raises a ValueError naming the problem and the fix."""
     gpt_cfg = model_config(cfg)
     N, N_total = flops.non_embedding_params(gpt_cfg), flops.total_params(gpt_cfg)
-    plan = step_plan(cfg, budget_tokens(cfg, N))
+    D_budget = budget_tokens(cfg, N)
+    lr_s = lr_schedule(cfg, D_budget)
+    branch = init.branch_from(cfg, gpt_cfg, N, lr_s) if cfg.init.checkpoint else None
+    plan = list(branch.plan) if branch else step_plan(cfg, D_budget)
+    init.check_branch_points(cfg.trainer.checkpoint_at_tokens, plan, cfg.model.seq_len)
     D = plan[-1].tokens_before + plan[-1].sequences * cfg.model.seq_len
     data = TokenData(cfg.data, seq_len=cfg.model.seq_len, seed=cfg.seed, plan=plan,
                      micro_batch=cfg.batch.micro_batch)
     data.prepare()  # builds or opens the corpus; bad token files fail here
-    run_name = cfg.tracking.run_name or default_run_name(N, D, cfg)
+    run_name = cfg.tracking.run_name or (branch.default_name(cfg.model.seq_len) if branch
+                                         else default_run_name(N, D, cfg))
     ckpt_dir = checkpoint_dir(cfg, run_name)
     run_id, ckpt_path = _resume_target(ckpt_dir, cfg.trainer.strategy) if cfg.resume else (None, None)
     return PreparedRun(cfg, gpt_cfg, N, N_total, D, plan, data, run_name, ckpt_dir, run_id, ckpt_path,
-                       peak_flops(cfg))
+                       peak_flops(cfg), lr_s, branch)
 
 
 def train(cfg: TrainConfig, callbacks: Sequence[L.Callback] = ()) -> RunResult:
@@ -176,7 +190,7 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         torch.set_num_threads(cfg.trainer.threads)
     ensure_store(cfg.tracking.uri)
     logger = RunLogger(experiment_name=cfg.tracking.experiment, run_name=run_name, tracking_uri=cfg.tracking.uri,
-                       tags={**git_state(), **cfg.tracking.tags,
+                       tags={**git_state(), **cfg.tracking.tags, **(p.branch.tags() if p.branch else {}),
                              **({"mlflow.parentRunId": cfg.tracking.parent_run_id}
                                 if cfg.tracking.parent_run_id else {})},
                        run_id=run_id)
@@ -187,12 +201,14 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
                                 "B_tokens": B_tokens, "B_sequences": cfg.batch.sequences, "D": D,
                                 "C": flops.training_flops(N, D), "steps": len(plan),
                                 "flops_per_token": flops.flops_per_token(gpt_cfg), "peak_flops": p.peak_flops,
+                                **(p.branch.params(cfg.model.seq_len) if p.branch else {}),
                                 **parallel.describe(parallelism)})
         if parallel.rank() == 0:  # other ranks (relaunched by Lightning or srun) have no MLflow run of their own
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             (ckpt_dir / "run.json").write_text(json.dumps({"run_id": logger.run_id, "run_name": run_name}))
     elif parallel.rank() == 0:
         logger._skip_through = recorded_steps(logger.experiment, run_id)
+        preemption.reopen_run(logger.experiment, run_id, cfg.tracking.tags)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LitGPT(
@@ -209,13 +225,17 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         limit_val_batches=0, log_every_n_steps=1,
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_steps,
                                    save_last=True, save_top_k=0, save_on_train_epoch_end=False),
-                   *([StepProgressBar(len(plan))] if t.progress_bar else []), *callbacks])
+                   PendingMetrics(logger),  # checkpoints carry unsent metrics instead of waiting for the store
+                   *([StepProgressBar(len(plan))] if t.progress_bar else []), *init.callbacks(p, logger.run_id),
+                   *callbacks, preemption.Preemption(ckpt_dir)])  # last: a pruner reports before a preemption stop
     status, reason = "FINISHED", None
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except DivergedError as err:
         status, reason = "FAILED", str(err)
         logger.set_tags({"status_reason": reason})
+    except preemption.STOPS:
+        raise  # stopped on purpose (pruned, preempted): preemption.Preemption ended the run KILLED with its reason
     except BaseException as err:
         # Lightning has already ended the MLflow run as FAILED; record why, then let the error surface.
         logger.set_tags({"status_reason": f"{type(err).__name__}: {err}"[:5000]})

@@ -5,6 +5,7 @@
     lab-sweep sweep=isoflop hydra.sweeper.design.budgets=[1e12,3e12,1e13] hydra.sweeper.design.k=3
     lab-sweep sweep=grid hydra/launcher=slurm hydra.launcher.partition=gpu
     lab-sweep sweep=isoflop hydra.sweeper.id=my-sweep     # name the sweep; re-run the command to finish it
+    lab-sweep sweep=cbs hydra.sweeper.id=cbs-1            # a reference run, then branches from its checkpoints
 
 The config is lab-train's (conf/train.yaml) under conf/lab_sweep.yaml, which selects the DesignSweeper
 (hydra_plugins/lab_sweeper); every other argument is a lab-train override applied to all runs. Multirun mode is

@@ -1,12 +1,17 @@
 """`lab-demo` (what `make demo` runs): a small but real scaling study on the CPU, end to end.
 
-1. An IsoFLOP sweep (3 budgets x 4 model widths) on the built-in corpus through lab-sweep's machinery, two joblib
-   workers with one thread each, every run recorded in `sqlite:///mlflow.db` under one sweep parent run;
-2. Chinchilla approach 2 (per-budget parabolas) and approach 3 (L = E + A/N^α + B/D^β) fitted to those runs, with
-   bootstrap intervals, and the compute-optimal N and D for a budget 10x the largest;
-3. the commands that open the runs and the laws.
+1. An IsoFLOP sweep (3 budgets x 4 model widths) on the built-in corpus; Chinchilla approach 2 (per-budget
+   parabolas) and approach 3 (L = E + A/N^α + B/D^β) with bootstrap intervals, and the compute-optimal N and D for
+   a budget 10x the largest;
+2. an lr x B landscape at two sizes and two token budgets: lr*(N, D) and B*(D) (Step Law form) with intervals, and
+   lr*, B* at that compute-optimal N and D;
+3. a critical-batch-size branch study at one size (Merrill et al. 2025): a reference run keeps checkpoints,
+   branches continue from each at larger batches; the local CBS per checkpoint, CBS(D) with intervals and the
+   batch-size warmup it proposes, as lab-train overrides.
 
-Re-running it skips the runs already finished (same sweep id), so an interrupted demo resumes.
+Every run goes through lab-sweep's machinery with two joblib workers of one thread each, into `sqlite:///mlflow.db`
+under one sweep parent run per study. Re-running skips the runs already finished (same sweep ids), so an
+interrupted demo resumes. `--full` runs larger grids (about 3x longer) into sweeps of their own.
 """
 
 from __future__ import annotations
@@ -14,43 +19,81 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import polars as pl
 
+from sweeps.demo_batch import SEQ_LEN, Branches, Landscape, branches_overrides, landscape_overrides, shape
+
 TRACKING_URI = "sqlite:///mlflow.db"
 EXPERIMENT = "demo"
-SWEEP_ID = "demo-isoflop"
-BUDGETS = (5e9, 1e10, 3e10)  # C in FLOPs: tiny, so 12 runs train in a few minutes on 2 CPU cores
-WIDTHS = (6, 8, 12, 16)
-"""Two-layer models of these widths (N = 1e3 ... 6e3): at these budgets byte-level models want far more
-tokens per parameter than Chinchilla's 20, and the ladder's first steps (N = 1.3e4, 9.8e4) are too coarse to put
-each budget's optimum inside the sampled sizes."""
 
 
-def sweep_overrides(jobs: int) -> list[str]:
-    budgets = ",".join(f"{c:.0e}" for c in BUDGETS)
-    sizes = ",".join(f"{{d_model:{d},n_layers:2,n_heads:1}}" for d in WIDTHS)
-    return [
-        "sweep=isoflop", f"hydra.sweeper.design.budgets=[{budgets}]", f"hydra.sweeper.design.sizes=[{sizes}]",
-        f"hydra.sweeper.design.k={len(WIDTHS)}", f"hydra.sweeper.id={SWEEP_ID}",
-        "model.seq_len=64", "batch.sequences=8", "batch.micro_batch=4", "optim.lr=3e-3",
-        "trainer.val_every_steps=50", "trainer.checkpoint_every_steps=200", "data.val_sequences=32",
-        f"tracking.uri={TRACKING_URI}", f"tracking.experiment={EXPERIMENT}",
-        *(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "trainer.threads=1"] if jobs > 1 else []),
-    ]
+@dataclass(frozen=True)
+class Scale:
+    prefix: str
+    """Sweep ids are <prefix>-isoflop, <prefix>-lr-batch, <prefix>-cbs."""
+    budgets: tuple[float, ...]
+    """C in FLOPs of the IsoFLOP profiles, largest first: its runs are the longest, and two workers finish soonest
+    when the longest jobs start first (so too the larger D first in the landscape)."""
+    widths: tuple[int, ...]
+    """Two-layer models of these widths (N = 3e2 ... 6e3): at these budgets byte-level models want far more tokens
+    per parameter than Chinchilla's 20, and the ladder's first steps (N = 1.3e4, 9.8e4) are too coarse to put each
+    budget's optimum inside the sampled sizes."""
+    iso_k: int
+    """Sizes per budget: the k widths nearest N*(C) = sqrt(C / (6·iso_tokens_per_param)) (sweeps.designs.isoflop)."""
+    iso_tokens_per_param: float
+    iso_sequences: int
+    iso_micro_batch: int
+    landscape: Landscape
+    branches: Branches
 
 
-def fit_and_report(runs: pl.DataFrame, bootstrap: int) -> None:
+FAST = Scale("demo", budgets=(8e9, 5e9, 3e9), widths=(4, 6, 8, 12), iso_k=4, iso_tokens_per_param=20,
+             iso_sequences=8, iso_micro_batch=4,
+             landscape=Landscape(widths=(8, 12), tokens_per_param=(20, 10), lr_min=8e-3, lr_max=5e-2, n_lr=3,
+                                 batch_sequences=(2, 4, 8)),
+             branches=Branches(width=12, tokens=2**18, reference_sequences=4,
+                               checkpoint_tokens=(2**13, 2**14, 2**15, 2**16, 2**17), window_tokens=2**15,
+                               batch_sequences=(8, 16, 32, 64, 128), micro_batch=4, tolerance=0.01))
+FULL = Scale("demo-full", budgets=(3e10, 1e10, 5e9), widths=(6, 8, 12, 16), iso_k=4, iso_tokens_per_param=20,
+             iso_sequences=8, iso_micro_batch=4,
+             landscape=Landscape(widths=(8, 12), tokens_per_param=(40, 20, 10), lr_min=4e-3, lr_max=6.4e-2, n_lr=5,
+                                 batch_sequences=(2, 4, 8, 16)),
+             branches=Branches(width=12, tokens=2**20, reference_sequences=4,
+                               checkpoint_tokens=(2**13, 2**14, 2**15, 2**16, 2**17, 2**18, 2**19),
+                               window_tokens=2**16, batch_sequences=(8, 16, 32, 64, 128), micro_batch=4,
+                               tolerance=0.01))
+
+
+def common(jobs: int) -> list[str]:
+    return [f"model.seq_len={SEQ_LEN}", "trainer.val_every_steps=50",
+            "trainer.checkpoint_every_steps=200", "data.val_sequences=32", f"tracking.uri={TRACKING_URI}",
+            f"tracking.experiment={EXPERIMENT}",
+            *(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", "trainer.threads=1"] if jobs > 1 else [])]
+
+
+def isoflop_overrides(s: Scale) -> list[str]:
+    return ["sweep=isoflop", f"hydra.sweeper.id={s.prefix}-isoflop",
+            f"hydra.sweeper.design.budgets=[{','.join(f'{c:g}' for c in s.budgets)}]",
+            f"hydra.sweeper.design.sizes=[{','.join(shape(w) for w in s.widths)}]",
+            f"hydra.sweeper.design.k={s.iso_k}", f"++hydra.sweeper.design.tokens_per_param={s.iso_tokens_per_param}",
+            f"batch.sequences={s.iso_sequences}",
+            f"batch.micro_batch={s.iso_micro_batch}", "optim.lr=3e-3"]
+
+
+def fit_and_report(runs: pl.DataFrame, bootstrap: int, target_C: float) -> Optional[tuple[float, float]]:
+    """Approaches 2 and 3 on the IsoFLOP runs; returns approach 3's compute-optimal (N*, D*) at target_C."""
     from analysis.laws import compute_optimal, fit_loss
     from analysis.laws.isoflop import fit_isoflop, predict_optimal
     from analysis.report import fit_table, isoflop_report
 
-    target_C = 10 * max(BUDGETS)
     print("\n== Best size per budget ==")
     best = runs.sort("loss").group_by("budget", maintain_order=True).first().sort("budget")
     for row in best.iter_rows(named=True):
-        print(f"  C = {row['budget']:.0e} FLOPs: N = {row['N']:.3g} (val/loss {row['loss']:.4f})")
+        print(f"  C = {row['budget']:g} FLOPs: N = {row['N']:.3g} (val/loss {row['loss']:.4f})")
     print("\n== Approach 2: IsoFLOP profiles ==", flush=True)
     try:
         iso = fit_isoflop(runs, bootstrap=bootstrap)
@@ -65,33 +108,66 @@ def fit_and_report(runs: pl.DataFrame, bootstrap: int) -> None:
           f"  N* = {opt['N_opt']:.3g}  [{opt['N_opt_lo']:.3g}, {opt['N_opt_hi']:.3g}]\n"
           f"  D* = {opt['D_opt']:.3g}  [{opt['D_opt_lo']:.3g}, {opt['D_opt_hi']:.3g}] tokens\n"
           f"  predicted loss {opt['loss_opt']:.3f} nats/token, {opt['tokens_per_param']:.1f} tokens per parameter")
+    return opt["N_opt"], opt["D_opt"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Run the demo scaling study on the CPU.")
-    ap.add_argument("--jobs", type=int, default=2, help="parallel training workers (default 2: one per core)")
-    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
-    args = ap.parse_args(argv)
-    t0 = time.perf_counter()
+def sweep(title: str, overrides: list[str]) -> tuple[pl.DataFrame, bool]:
+    """Run one study and return its finished runs (this design's run names only) and whether all finished."""
     from analysis.load import load_runs
     from sweeps.cli import run_sweep
 
-    print(f"== IsoFLOP sweep: budgets {', '.join(f'{c:.0e}' for c in BUDGETS)} FLOPs x widths {WIDTHS} (2 layers) ==", flush=True)
-    summary = run_sweep(sweep_overrides(args.jobs))
-    print(summary.table())
-    runs = load_runs(TRACKING_URI, experiment=EXPERIMENT, filter_tags={"sweep": SWEEP_ID})
-    runs = runs.filter(pl.col("status") == "FINISHED", pl.col("parent_run_id").is_not_null()).with_columns(
-        budget=pl.col("tag.budget").cast(pl.Float64))  # the design's C: groups the IsoFLOP profiles exactly
-    print("\n== Runs ==")
+    print(f"\n== {title} ==", flush=True)
+    summary = run_sweep(overrides)
+    names = [o.name for o in summary.outcomes]
+    runs = load_runs(TRACKING_URI, experiment=EXPERIMENT, filter_tags={"sweep": summary.sweep_id})
+    return runs.filter(pl.col("status") == "FINISHED", pl.col("run_name").is_in(names)), summary.complete
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sweeps.demo_batch import report_branches, report_landscape
+
+    ap = argparse.ArgumentParser(description="Run the demo scaling study on the CPU.")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel training workers (default 2: one per core)")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    ap.add_argument("--full", action="store_true", help="larger grids, about 3x longer (sweeps demo-full-*)")
+    args = ap.parse_args(argv)
+    s = FULL if args.full else FAST
+    t0, times = time.perf_counter(), {}
+    base = common(args.jobs)
+
+    runs, ok_iso = sweep(f"1. IsoFLOP sweep: budgets {', '.join(f'{c:g}' for c in sorted(s.budgets))} FLOPs x widths "
+                         f"{s.widths} (2 layers)", [*isoflop_overrides(s), *base])
+    runs = runs.with_columns(budget=pl.col("tag.budget").cast(pl.Float64))  # groups the IsoFLOP profiles exactly
     with pl.Config(tbl_rows=50, float_precision=4, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         print(runs.select("run_name", "N", "D", "C", pl.col("loss").alias("val/loss")).sort("C", "N"))
-    fit_and_report(runs, args.bootstrap)
+    target = fit_and_report(runs, args.bootstrap, 10 * max(s.budgets))
+    times["IsoFLOP"] = time.perf_counter() - t0
+
+    L = s.landscape
+    runs, ok_lr = sweep(f"2. lr x B landscape: widths {L.widths} x D = {L.tokens_per_param} N, lr in [{L.lr_min:g}, "
+                        f"{L.lr_max:g}] x B in {[b * SEQ_LEN for b in L.batch_sequences]} tokens",
+                        [*landscape_overrides(L, f"{s.prefix}-lr-batch"), *base])
+    report_landscape(runs, args.bootstrap, target)
+    times["lr x B"] = time.perf_counter() - t0 - sum(times.values())
+
+    b = s.branches
+    runs, ok_cbs = sweep(f"3. Critical batch size: width {b.width}, reference D = {b.tokens} at B = "
+                         f"{b.reference_sequences * SEQ_LEN} tokens, branches of {b.window_tokens} tokens at B in "
+                         f"{[q * SEQ_LEN for q in b.batch_sequences]} from {len(b.checkpoint_tokens)} checkpoints",
+                         [*branches_overrides(b, f"{s.prefix}-cbs"), *base])
+    report_branches(runs, b, args.bootstrap)
+    times["CBS"] = time.perf_counter() - t0 - sum(times.values())
+
     store = Path("mlflow.db").resolve()
-    print(f"\nDone in {time.perf_counter() - t0:.0f} s. Every run is in the MLflow store {store}:\n"
+    print(f"\nDone in {time.perf_counter() - t0:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}). "
+          f"Every run is in the MLflow store {store}:\n"
           f"  .venv/bin/mlflow ui --backend-store-uri {TRACKING_URI}      # runs and curves\n"
           f"  .venv/bin/lab-dashboard --tracking-uri {TRACKING_URI}        # fitted laws\n"
-          f"  .venv/bin/lab-fit loss --tracking-uri {TRACKING_URI} --sweep {SWEEP_ID} --out fit.json")
-    return 0 if summary.complete else 1
+          f"  .venv/bin/lab-fit loss --tracking-uri {TRACKING_URI} --sweep {s.prefix}-isoflop --out fit.json\n"
+          f"  .venv/bin/lab-fit hparams --tracking-uri {TRACKING_URI} --sweep {s.prefix}-lr-batch\n"
+          f"  .venv/bin/lab-fit cbs --tracking-uri {TRACKING_URI} --sweep {s.prefix}-cbs "
+          f"--reference-B {b.reference_sequences * SEQ_LEN}")
+    return 0 if ok_iso and ok_lr and ok_cbs else 1
 
 
 if __name__ == "__main__":

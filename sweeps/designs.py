@@ -39,13 +39,18 @@ class RunSpec:
     name: str
     overrides: tuple[str, ...]
     tags: dict[str, str] = field(default_factory=dict, hash=False)
+    stage: int = 0
+    """Runs of stage k start once every run of the stages before k finished (e.g. CBS branches after their
+    reference run, sweeps.branches); most designs have one stage."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "overrides": list(self.overrides), "tags": dict(self.tags)}
+        out = {"name": self.name, "overrides": list(self.overrides), "tags": dict(self.tags)}
+        return {**out, "stage": self.stage} if self.stage else out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunSpec:
-        return cls(name=str(d["name"]), overrides=tuple(d["overrides"]), tags=dict(d.get("tags", {})))
+        return cls(name=str(d["name"]), overrides=tuple(d["overrides"]), tags=dict(d.get("tags", {})),
+                   stage=int(d.get("stage", 0)))
 
 
 @dataclass(frozen=True)
@@ -226,12 +231,14 @@ def lr_batch(base: Base, tokens_per_param: Sequence[float], lr_min: float, lr_ma
     """Learning-rate × batch-size landscape per (N, D): at every ladder size and D = r·N, n_lr peak learning rates
     log-spaced over [lr_min, lr_max] × the given global batches (in sequences; use powers of two for a log grid).
     The grid that optimal lr(N, D) and B(N, D) are read from (Li et al. 2025, Step Law). Runs of one landscape
-    share the tag ``point`` = N…-D…."""
+    share the tag ``point`` = N…-D…. D is rounded up to a whole number of steps of every batch, so that all runs
+    of a cell train exactly D tokens (a run's recorded D is the tokens it saw) and analysis groups them as one."""
     lrs = log_space(lr_min, lr_max, n_lr)
+    step_lcm = math.lcm(*(int(seqs) * base.seq_len for seqs in batch_sequences)) if batch_sequences else 1
     specs = []
     for rung in base.rungs:
         for r in tokens_per_param:
-            D = round(r * rung.N)
+            D = -(-round(r * rung.N) // step_lcm) * step_lcm
             point = f"N{sci(rung.N)}-D{sci(D)}"
             for seqs in batch_sequences:
                 micro = min(base.micro_batch, seqs)
@@ -249,10 +256,23 @@ def lr_batch(base: Base, tokens_per_param: Sequence[float], lr_min: float, lr_ma
     return _unique("lr_batch", with_seeds(specs, seeds))
 
 
+def cbs(base: Base, tokens: float, checkpoint_tokens: Sequence[float], window_tokens: float,
+        batch_sequences: Sequence[int], lr_rescale: str = "sqrt", seeds: Sequence[int] = (0,),
+        reference_sequences: Optional[int] = None, micro_batch: Optional[int] = None) -> list[RunSpec]:
+    """Critical-batch-size branches (Merrill et al. 2025): per size a reference run of D = tokens at
+    reference_sequences that keeps checkpoints at checkpoint_tokens, then from each checkpoint one branch per batch
+    (sequences) over window_tokens, lr rescaled by lr_rescale. The protocol and its checks: `sweeps.branches.cbs`."""
+    from sweeps.branches import cbs as branches  # sweeps.branches builds on this module's helpers
+
+    return branches(base, tokens, checkpoint_tokens, window_tokens, batch_sequences, lr_rescale, seeds,
+                    reference_sequences, micro_batch)
+
+
 DESIGNS: Mapping[str, Callable[..., list[RunSpec]]] = MappingProxyType({
     "grid": size_tokens_grid,
     "isoflop": isoflop,
     "lr_batch": lr_batch,
+    "cbs": cbs,
 })
 
 
