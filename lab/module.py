@@ -29,7 +29,7 @@ from torch import nn
 from lab import parallel
 from lab.config import OptimConfig
 from lab.losses import cross_entropy
-from lab.noise import NoiseScale
+from lab.noise import LOG_EVERY_STEPS, NoiseScale
 from lab.schedules import PlanStep
 from lab.throughput import peak_memory_bytes, throughput
 
@@ -152,7 +152,8 @@ class LitGPT(L.LightningModule):
             ranks = self.trainer.world_size if self.parallelism.sharded else 1
             b_micro = self.micro_batch * self.acct.seq_len * ranks
             b_simple = self.noise.update(micro_sq, b_micro, grad_norm**2, tokens_step)
-            if b_simple is not None and math.isfinite(b_simple):
+            logged = step % LOG_EVERY_STEPS == 0 or step == len(self.plan)  # measured every step, logged sparser
+            if logged and b_simple is not None and math.isfinite(b_simple):
                 metrics["noise/b_simple"] = b_simple
         if step % self.val_every_steps == 0 or step == len(self.plan):
             metrics.update(self.validate_now())

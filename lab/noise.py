@@ -14,7 +14,8 @@ How the trainer measures the two norms (see :class:`MicroGradMeter`): the small 
 micro-batch of an optimizer step, measured right after its backward, when .grad holds only its gradient
 (.grad starts empty after zero_grad(set_to_none=True)); the big batch is the accumulated (and, under DDP,
 all-reduced) step gradient just before the optimizer step. The cost is one fused norm over the gradients per
-step, plus the norm of the step gradient that the trainer logs as grad_norm anyway.
+step, plus the norm of the step gradient that the trainer logs as grad_norm anyway; the estimate is logged every
+LOG_EVERY_STEPS steps.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ import math
 from collections.abc import Iterable
 
 import torch
+
+
+LOG_EVERY_STEPS = 10
+"""The trainer measures B_simple at every step (one norm, ~0.3% of a size-4 step, ~1% of a tiny one) but logs it
+every 10th step and at the last: it is an EMA over ~20 measurements, so denser points add nothing, and an MLflow
+metric per step costs more than the measurement itself (benchmarks/noise_cost.py)."""
 
 
 class NoiseScaleError(ValueError):
