@@ -115,7 +115,7 @@ def test_fsdp_checkpoint_is_sharded_and_resumes_into_the_single_process_curve(ru
     for key in ("train/loss", "grad_norm", "val/loss"):
         assert_curves_match(client, fsdp, single, key, tol=1e-4)
     b = [v for _, v in history(client, fsdp, "noise/b_simple")]
-    assert b and all(v > 0 for v in b[10:]), "FSDP's small batch is one micro-batch from every rank"
+    assert b and all(v > 0 for v in b[1:]), "FSDP's small batch is one micro-batch from every rank"
     assert history(client, fsdp, "throughput/peak_memory_mb")[-1][1] > 0
 
 
