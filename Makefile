@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo demo-full test install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install-dev: $(VENV)/.installed-dev
 
 demo: install
 	$(VENV)/bin/lab-demo
+
+# Larger grids into sweeps demo-full-*; several times longer than make demo.
+demo-full: install
+	$(VENV)/bin/lab-demo --full
 
 test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
