@@ -40,6 +40,22 @@ def test_buffer_sends_every_metric_once_in_batches(store):
     assert len(client.get_metric_history(run_id, "train/loss")) == 1200
 
 
+def test_metrics_gather_into_few_store_calls_and_a_flush_sends_at_once(store):
+    uri, client, run_id = store
+    buffer = MetricBuffer(client, run_id, uri=uri, send_every_s=30.0)
+    now = int(time.time() * 1000)
+    for step in range(1, 201):  # a training loop logging every step, faster than the store is called
+        buffer.put([Metric("train/loss", 1.0 / step, now, step)])
+        time.sleep(0.002)
+    assert buffer.sends <= 1, "one store call per step is what gathering avoids"
+    started = time.monotonic()
+    buffer.flush(timeout_s=60)
+    assert time.monotonic() - started < 10, "a flush does not wait for the gathering interval"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == list(range(1, 201))
+    assert buffer.sends <= 2
+    buffer.close(timeout_s=60)
+
+
 def test_metrics_the_store_refuses_fail_the_run_with_the_reason(store):
     uri, client, run_id = store
     client.delete_run(run_id)  # a deleted run takes no more metrics: retrying cannot help
