@@ -8,5 +8,6 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 def default_uri() -> str:
-    """The store the dashboard opens first: $LAB_TRACKING_URI, else ./mlflow.db."""
-    return os.environ.get(URI_ENV) or DEFAULT_URI
+    """The store the dashboard opens first: $LAB_TRACKING_URI, else $MLFLOW_TRACKING_URI (what tracking=server
+    trains into), else ./mlflow.db."""
+    return os.environ.get(URI_ENV) or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI

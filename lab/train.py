@@ -50,7 +50,13 @@ def main(cfg: DictConfig) -> float:
     except ValueError as err:  # every check that needs the model, the plan or the data: nothing recorded yet
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    result = execute(prepared)
+    from lab.store import StoreUnavailable
+
+    try:
+        result = execute(prepared)
+    except StoreUnavailable as err:  # the message names the store and the fix; a traceback would bury it
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     print(f"{result.status}: run {result.run_name} ({result.run_id}) N={result.N:,} D={result.D:,} "
           f"C={result.C:.3g} val/loss={result.final_val_loss:.4f}")
     if result.status != "FINISHED":

@@ -173,7 +173,7 @@ class SweepTracker:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        from lab.tracking import ensure_store
+        from lab.store import ensure_store
 
         ensure_store(uri)  # once, here, before any worker: concurrent first use of a SQLite store crashes
         self.client = MlflowClient(uri)

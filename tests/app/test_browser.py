@@ -88,6 +88,17 @@ def test_cli_binds_localhost_unless_told():
         parse(["--port", "0"])
 
 
+def test_cli_opens_the_store_training_wrote_to(monkeypatch):
+    monkeypatch.delenv("LAB_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert parse([]).tracking_uri == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")  # what tracking=server trains into
+    assert parse([]).tracking_uri == "http://tracking:5000"
+    monkeypatch.setenv("LAB_TRACKING_URI", "sqlite:///other.db")  # the dashboard's own variable wins
+    assert parse([]).tracking_uri == "sqlite:///other.db"
+    assert parse(["--tracking-uri", "sqlite:///given.db"]).tracking_uri == "sqlite:///given.db"
+
+
 def test_dashboard_serves_charts_in_chromium(dashboard, chromium, tmp_path):
     assert listening_addresses(dashboard) == {"127.0.0.1"}, "the dashboard must bind to loopback only by default"
     with Chromium(chromium) as browser:

@@ -117,6 +117,17 @@ def test_a_study_on_the_server_needs_a_shared_optuna_storage(server, workdir, mo
     assert not list(workdir.glob("optuna.db")), "no study file left in the working directory"
 
 
+def test_lab_train_without_its_server_fails_in_one_line_naming_it(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "LAB_TRACKING_TIMEOUT_S": "2"}
+    out = subprocess.run([str(Path(sys.executable).parent / "lab-train"), "experiment=smoke", "tracking=server"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: no MLflow tracking server answers at {uri}")
+    assert not list(tmp_path.rglob("*.ckpt")), "nothing trained without a store to record it"
+
+
 def test_unreachable_postgres_is_named_with_the_fix(tmp_path):
     url = "postgresql+psycopg://postgres@127.0.0.1:1/lab_nowhere"
     out = subprocess.run([sys.executable, "-m", "lab.server", "--backend-store-uri", url, "--port",
