@@ -20,8 +20,8 @@ HOME = Path(__file__).resolve().parent / "Home.py"
 
 
 def streamlit_command(port: int, address: str) -> list[str]:
-    """The `streamlit run` command line for the dashboard."""
-    return [sys.executable, "-m", "streamlit", "run", str(HOME),
+    """The command line of the dashboard's server: `streamlit run` through app.serve, which warms the store cache."""
+    return [sys.executable, "-m", "app.serve", str(HOME),
             "--server.address", address, "--server.port", str(port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
             "--global.developmentMode", "false", "--client.toolbarMode", "viewer"]
@@ -41,7 +41,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Replace this process by `streamlit run` (so signals reach the server itself, and no child is orphaned)."""
+    """Replace this process by the server (so signals reach the server itself, and no child is orphaned)."""
     args = parse(argv)
     env = {**os.environ, URI_ENV: args.tracking_uri}
     print(f"lab-dashboard: {args.tracking_uri} at http://{args.address}:{args.port}", flush=True)

@@ -117,6 +117,41 @@ def test_dashboard_serves_charts_in_chromium(dashboard, chromium, tmp_path):
     assert (pixels < 200).mean() > 0.02, "too few dark pixels: no text or chart drawn"
 
 
+RUN_COUNT = "(document.querySelector('[data-testid=\"stMetricValue\"]') || {}).textContent"
+
+
+def test_first_page_view_is_served_from_the_runs_read_at_start(store_uri, chromium, tmp_path):
+    """lab-dashboard reads the store while the browser loads: with the store moved away once that read is done,
+    Home still shows every run (read at the first page view, it would show 'MLflow store not found')."""
+    import sqlite3
+
+    from analysis.load import load_runs
+
+    store = tmp_path / "mlflow.db"
+    with sqlite3.connect(store_uri.removeprefix("sqlite:///")) as source, sqlite3.connect(store) as copy:
+        source.backup(copy)  # the store is in WAL mode: copying its file alone can miss the latest runs
+    expected = load_runs(f"sqlite:///{store}").height
+    assert expected > 0
+    port, log = free_port(), tmp_path / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([LAB_DASHBOARD, "--tracking-uri", f"sqlite:///{store}", "--port", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 90
+        while "ahead of the first page view" not in log.read_text():
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"lab-dashboard did not read the store at start:\n{log.read_text()}")
+            time.sleep(0.2)
+        assert f"{expected} runs read from sqlite:///{store}" in log.read_text()
+        store.rename(tmp_path / "moved.db")
+        with Chromium(chromium) as browser:
+            browser.open(f"http://127.0.0.1:{port}/")
+            browser.wait_for(f"{RUN_COUNT} == '{expected}'", timeout=120)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_png_export_through_kaleido(chromium):
     """PNG export needs kaleido (not a declared dependency yet) and a Chromium; HTML export needs neither."""
     pytest.importorskip("kaleido", reason="kaleido not installed: the Export page offers HTML only")
