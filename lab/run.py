@@ -105,6 +105,36 @@ def flat_params(cfg: TrainConfig) -> dict[str, Any]:
     return walk("", dataclasses.asdict(cfg))
 
 
+TRAJECTORY_SECTIONS = ("model.", "data.", "optim.", "batch.", "budget.", "init.", "seed")
+RESUME_MAY_CHANGE = frozenset({"data.cache_dir", "batch.micro_batch"})
+"""Where the corpus cache lives and how a batch is split into micro-batches may differ between launches (another
+node, fewer devices); everything else in TRAJECTORY_SECTIONS decides what the run trains."""
+
+
+def trajectory_params(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with its first launch, as run.json keeps them (JSON values)."""
+    kept = {k: v for k, v in flat_params(cfg).items()
+            if k.startswith(TRAJECTORY_SECTIONS) and k not in RESUME_MAY_CHANGE}
+    return json.loads(json.dumps(kept))
+
+
+def check_resume_matches(meta: dict[str, Any], cfg: TrainConfig, ckpt_dir: Path) -> None:
+    """A resume continues the checkpointed run's plan: a launch with other settings would silently train another
+    one into the same MLflow run. run.json files written before the check existed carry no params: not checked."""
+    recorded = meta.get("params")
+    if recorded is None:
+        return
+    now = trajectory_params(cfg)
+    differ = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {recorded.get(k)!r} at the first launch, {now.get(k)!r} now" for k in differ[:5])
+        more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+        raise ConfigError(differ[0], now.get(differ[0]),
+                          f"resume=true continues run {meta.get('run_name', meta['run_id'])} ({ckpt_dir}), which "
+                          f"was started with other settings ({shown}{more}); resume with the first launch's "
+                          "overrides, or start a new run (drop resume=true or give another tracking.run_name)")
+
+
 def peak_flops(cfg: TrainConfig) -> float:
     """The MFU denominator: one device's peak FLOP/s (looked up by name unless configured) times devices."""
     on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
@@ -120,8 +150,9 @@ SHARDED_CHECKPOINT_META = "meta.pt"
 """Lightning's metadata file in a distributed (sharded) checkpoint directory, written after every shard."""
 
 
-def _resume_target(ckpt_dir: Path, strategy: str) -> tuple[str, Path]:
+def _resume_target(ckpt_dir: Path, cfg: TrainConfig) -> tuple[str, Path]:
     """The run id and ``last.ckpt``: a file (one device, DDP) or, under strategy=fsdp, a directory of shards."""
+    strategy = cfg.trainer.strategy
     meta, last = ckpt_dir / "run.json", ckpt_dir / "last.ckpt"
     if not meta.exists() or not last.exists():
         raise ConfigError("resume", True, f"no checkpoint to resume in {ckpt_dir} (need run.json and last.ckpt); "
@@ -133,7 +164,9 @@ def _resume_target(ckpt_dir: Path, strategy: str) -> tuple[str, Path]:
     if last.is_dir() and strategy not in parallel.SHARDED:
         raise ConfigError("trainer.strategy", strategy, f"{last} is a sharded (FSDP) checkpoint directory; resume "
                           "it with trainer=fsdp")
-    return json.loads(meta.read_text())["run_id"], last
+    run = json.loads(meta.read_text())
+    check_resume_matches(run, cfg, ckpt_dir)
+    return run["run_id"], last
 
 
 @dataclass
@@ -173,7 +206,7 @@ def prepare(cfg: TrainConfig) -> PreparedRun:
     run_name = cfg.tracking.run_name or (branch.default_name(cfg.model.seq_len) if branch
                                          else default_run_name(N, D, cfg))
     ckpt_dir = checkpoint_dir(cfg, run_name)
-    run_id, ckpt_path = _resume_target(ckpt_dir, cfg.trainer.strategy) if cfg.resume else (None, None)
+    run_id, ckpt_path = _resume_target(ckpt_dir, cfg) if cfg.resume else (None, None)
     return PreparedRun(cfg, gpt_cfg, N, N_total, D, plan, data, run_name, ckpt_dir, run_id, ckpt_path,
                        peak_flops(cfg), lr_s, branch)
 
@@ -205,7 +238,8 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
                                 **parallel.describe(parallelism)})
         if parallel.rank() == 0:  # other ranks (relaunched by Lightning or srun) have no MLflow run of their own
             ckpt_dir.mkdir(parents=True, exist_ok=True)
-            (ckpt_dir / "run.json").write_text(json.dumps({"run_id": logger.run_id, "run_name": run_name}))
+            (ckpt_dir / "run.json").write_text(json.dumps({"run_id": logger.run_id, "run_name": run_name,
+                                                             "params": trajectory_params(cfg)}))
     elif parallel.rank() == 0:
         logger._skip_through = recorded_steps(logger.experiment, run_id)
         preemption.reopen_run(logger.experiment, run_id, cfg.tracking.tags)

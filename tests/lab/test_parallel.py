@@ -175,9 +175,10 @@ def test_sharded_checkpoint_needs_fsdp_to_resume(tmp_path):
 
     (tmp_path / "last.ckpt").mkdir()
     (tmp_path / "run.json").write_text(json.dumps({"run_id": "r"}))
+    fsdp, ddp = (compose_config(["experiment=smoke", f"trainer.strategy={s}"]) for s in ("fsdp", "ddp"))
     with pytest.raises(ConfigError, match="not completely written"):
-        _resume_target(tmp_path, "fsdp")
+        _resume_target(tmp_path, fsdp)
     (tmp_path / "last.ckpt" / "meta.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="trainer.strategy='ddp'.*trainer=fsdp"):
-        _resume_target(tmp_path, "ddp")
-    assert _resume_target(tmp_path, "fsdp") == ("r", tmp_path / "last.ckpt")
+        _resume_target(tmp_path, ddp)
+    assert _resume_target(tmp_path, fsdp) == ("r", tmp_path / "last.ckpt")

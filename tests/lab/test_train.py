@@ -112,6 +112,20 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
+    first = train(compose_config(overrides(tmp_path, "tracking.run_name=planned", "trainer.threads=1")))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    recorded = len(client.get_metric_history(first.run_id, "train/loss"))
+    proc = cli(tmp_path, *overrides(tmp_path, "tracking.run_name=planned", "resume=true", "optim.lr=0.01",
+                                    "batch.micro_batch=2"))  # another micro-batch split is allowed on resume
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    assert "optim.lr: 0.003 at the first launch, 0.01 now" in err and "micro_batch" not in err
+    assert "drop resume=true or give another tracking.run_name" in err
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and len(client.get_metric_history(first.run_id, "train/loss")) == recorded
+
+
 def test_sigkilled_run_resumes_into_same_run_with_every_step_once(tmp_path):
     long = ("budget.tokens=102400", "trainer.checkpoint_every_steps=40", "trainer.val_every_steps=100",
             "tracking.run_name=killme")
