@@ -185,8 +185,9 @@ class LitGPT(L.LightningModule):
         return out
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Every metric up to this step must be in the store before the checkpoint exists: a resume starts here
-        # and skips the steps already recorded, so each step lands exactly once.
+        # Every metric up to this step must be in the store or in the checkpoint: a resume starts here and skips
+        # the steps already recorded, so each step lands exactly once. Under lab-train, PendingMetrics puts the
+        # unsent ones into the checkpoint and this flush returns at once; a logger without it waits for the store.
         if self.logger is not None and hasattr(self.logger, "flush"):
             self.logger.flush()
         checkpoint["lab"] = {"noise": self.noise.state_dict(), "last_val_loss": self.last_val_loss}
