@@ -50,6 +50,7 @@ from analysis.laws.loss_forms import FORMS, get_form
 from analysis.load import load_table
 
 BRANCH_TAG, CHECKPOINT_TAG = "branch_of", "checkpoint_tokens"  # tags of critical-batch-size branch runs
+REFERENCE_B_PARAM = "branch.B_ref_tokens"  # the reference run's batch in tokens, a param of every branch (lab/init.py)
 
 
 def _positive(text: str) -> float:
@@ -154,19 +155,31 @@ def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame,
     tagged = complete(tagged.with_columns(checkpoint_tokens=tokens), ["checkpoint_tokens", "B", "loss"], say)
     ref = runs.filter(pl.col("run_id") == refs[0])
     seq_len = args.seq_len or (ref["seq_len"][0] if ref.height else None) or tagged["seq_len"].max()
-    return tagged, seq_len, args.total_tokens or (ref["D"][0] if ref.height else None)
+    return tagged, seq_len, args.total_tokens or (ref["D"][0] if ref.height else None), _recorded_reference_B(tagged)
+
+
+def _recorded_reference_B(branches: pl.DataFrame) -> float | None:
+    """The reference run's batch (tokens) as lab-train records it on every branch (param branch.B_ref_tokens)."""
+    column = f"param.{REFERENCE_B_PARAM}"
+    if column not in branches.columns:
+        return None
+    values = branches[column].cast(pl.Float64, strict=False).drop_nulls().unique().to_list()
+    return values[0] if len(values) == 1 else None
 
 
 def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     if args.input is not None:
         say(f"reading {args.input}")
         df = load_table(args.input, required=("checkpoint_tokens", "B", "loss"))
-        seq_len, total = args.seq_len, args.total_tokens
+        seq_len, total, reference_B = args.seq_len, args.total_tokens, args.reference_B
     else:
-        df, seq_len, total = _branch_runs(args, say)
+        df, seq_len, total, recorded_B = _branch_runs(args, say)
+        reference_B = args.reference_B or recorded_B
+        if args.reference_B is None and recorded_B is not None:
+            say(f"reference batch {recorded_B:g} tokens (the branches' {REFERENCE_B_PARAM})")
     say(f"local CBS from {df.height} branches (tolerance {args.tolerance:g}), then CBS(D) with "
         f"{args.bootstrap} bootstrap resamples")
-    local = local_cbs(df, tolerance=args.tolerance, reference_B=args.reference_B, interpolate=args.interpolate)
+    local = local_cbs(df, tolerance=args.tolerance, reference_B=reference_B, interpolate=args.interpolate)
     curve = fit_cbs_curve(local, bootstrap=args.bootstrap, seed=args.seed)
     plan = None
     if seq_len and total:
@@ -176,8 +189,8 @@ def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
         say("no batch warmup proposed: give --seq-len and --total-tokens (known from the store's reference run)", True)
     print(report.cbs_report(local, curve, plan))
     warmup = None if plan is None else {**asdict(plan), "overrides": plan.to_overrides()}
-    return {"form": "cbs", "tolerance": args.tolerance, "local": local.to_dicts(), "curve": curve.to_dict(),
-            "warmup": warmup}
+    return {"form": "cbs", "tolerance": args.tolerance, "reference_B": reference_B, "local": local.to_dicts(),
+            "curve": curve.to_dict(), "warmup": warmup}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -225,7 +238,8 @@ def _parser() -> argparse.ArgumentParser:
     cbs = sub.add_parser("cbs", parents=[common], help="critical batch size from branch runs, batch warmup")
     cbs.add_argument("--tolerance", type=_positive, default=CBS_TOLERANCE, help="relative loss excess allowed")
     cbs.add_argument("--reference", metavar="RUN_ID", help="MLflow: the branches of this reference run")
-    cbs.add_argument("--reference-B", type=_positive, metavar="B", help="reference batch (tokens); default smallest")
+    cbs.add_argument("--reference-B", type=_positive, metavar="B", help="reference batch (tokens); default: the branches' "
+                     f"{REFERENCE_B_PARAM} when read from a store, else the smallest B of each checkpoint")
     cbs.add_argument("--interpolate", action="store_true", help="interpolate the CBS between B_pass and B_fail")
     cbs.add_argument("--seq-len", type=int, help="sequence length of the planned run (tokens)")
     cbs.add_argument("--total-tokens", type=_positive, help="training tokens of the planned run")

@@ -101,12 +101,15 @@ def branch_column(frame: pl.DataFrame, name: str) -> str | None:
 
 def branch_points(runs_frame: pl.DataFrame) -> pl.DataFrame:
     """CBS branch runs of the store: runs carrying a `checkpoint_tokens` tag or param (the tokens of the
-    reference checkpoint they branched from), with B (tokens) and final loss; `ref_loss` too when recorded."""
+    reference checkpoint they branched from), with B (tokens) and final loss; `ref_loss` and `B_ref` (the
+    reference run's batch, tokens) too when recorded."""
     column = branch_column(runs_frame, "checkpoint_tokens")
     if column is None:
         return pl.DataFrame(schema={"checkpoint_tokens": pl.Float64, "B": pl.Float64, "loss": pl.Float64})
     ref = branch_column(runs_frame, "ref_loss")
     extra = [pl.col(ref).cast(pl.Float64, strict=False).alias("ref_loss")] if ref else []
+    if "param.branch.B_ref_tokens" in runs_frame.columns:  # the reference's batch, recorded by every branch
+        extra.append(pl.col("param.branch.B_ref_tokens").cast(pl.Float64, strict=False).alias("B_ref"))
     return (finished(runs_frame)
             .select(pl.col(column).cast(pl.Float64, strict=False).alias("checkpoint_tokens"), "B", "loss", *extra)
             .drop_nulls())

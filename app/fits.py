@@ -47,8 +47,11 @@ def cells(points: pl.DataFrame, tolerance: float) -> pl.DataFrame:
 
 @st.cache_data(show_spinner="Fitting the CBS curve…", max_entries=32)
 def cbs_fit(branches: pl.DataFrame, tolerance: float, bootstrap: int) -> tuple[pl.DataFrame, CbsFit | None, str]:
-    """(local CBS per checkpoint, the CBS(D) fit or None, why there is no fit)."""
-    local = local_cbs(branches, tolerance=tolerance)
+    """(local CBS per checkpoint, the CBS(D) fit or None, why there is no fit). Each checkpoint is compared with
+    its branch at the reference run's batch when the branches record one (column B_ref), else at its smallest B."""
+    refs = branches["B_ref"].drop_nulls().unique().to_list() if "B_ref" in branches.columns else []
+    local = local_cbs(branches.drop("B_ref", strict=False), tolerance=tolerance,
+                      reference_B=refs[0] if len(refs) == 1 else None)
     try:
         return local, fit_cbs_curve(local, bootstrap=bootstrap), ""
     except PointsError as err:

@@ -165,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
           f"  .venv/bin/lab-dashboard --tracking-uri {TRACKING_URI}        # fitted laws\n"
           f"  .venv/bin/lab-fit loss --tracking-uri {TRACKING_URI} --sweep {s.prefix}-isoflop --out fit.json\n"
           f"  .venv/bin/lab-fit hparams --tracking-uri {TRACKING_URI} --sweep {s.prefix}-lr-batch\n"
-          f"  .venv/bin/lab-fit cbs --tracking-uri {TRACKING_URI} --sweep {s.prefix}-cbs "
-          f"--reference-B {b.reference_sequences * SEQ_LEN}")
+          f"  .venv/bin/lab-fit cbs --tracking-uri {TRACKING_URI} --sweep {s.prefix}-cbs")
     return 0 if ok_iso and ok_lr and ok_cbs else 1
 
 

@@ -217,3 +217,16 @@ def test_export_page_offers_the_session_s_laws_tables_and_figures(store_uri, mon
     assert pl.read_csv(export.table_bytes(runs, "csv"))["loss"].to_list() == pytest.approx(runs["loss"].to_list())
     html = export.figure_html(exports["loss laws"]["figures"]["loss_law"])
     assert html.lstrip().lower().startswith(b"<!doctype html>") and b"plotly" in html and b"Loss against" in html
+
+
+def test_cbs_compares_branches_with_the_reference_runs_own_batch():
+    """Branches record the reference's batch (B_ref); the smallest B is not the reference here."""
+    from app.fits import cbs_fit
+
+    losses = {128: 2.90, 256: 3.00, 512: 3.01, 1024: 3.20}  # 512 is within 1% of the reference at 256, 1024 not
+    branches = pl.DataFrame([{"checkpoint_tokens": t, "B": float(B), "loss": loss * (1 - t / 1e6), "B_ref": 256.0}
+                             for t in (1e4, 2e4, 4e4, 8e4) for B, loss in losses.items()])
+    local, _, _ = cbs_fit(branches, 0.01, 0)
+    assert local["cbs"].to_list() == [512.0] * 4
+    local, _, _ = cbs_fit(branches.drop("B_ref"), 0.01, 0)  # no record: the smallest B is the reference
+    assert local["cbs"].to_list() == [128.0] * 4

@@ -192,6 +192,7 @@ def test_lab_fit_cbs_reads_the_store_and_gives_a_local_cbs_per_checkpoint(study,
                  "--bootstrap", "50", "--granularity", "4", "--out", str(out), "-q"])
     assert code == 0, capsys.readouterr().err
     result = json.loads(out.read_text())
+    assert result["reference_B"] == 256, "the reference's batch, as every branch records it"
     local = {row["checkpoint_tokens"]: row for row in result["local"]}
     assert sorted(local) == list(POINTS)
     for row in local.values():
