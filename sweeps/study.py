@@ -391,14 +391,25 @@ def record_on_parent(opened: OpenStudy, summary: StudySummary) -> None:
         client.set_terminated(opened.parent_run_id, status="FINISHED")
 
 
-def run_trials(opened: OpenStudy, n_trials: int) -> StudySummary:
-    """Run ``n_trials`` trials of an opened study in this process; other workers may run meanwhile."""
-    opened.study.optimize(make_objective(opened), n_trials=n_trials, catch=(TrialFailed,))
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+"""What a study-wide trial cap counts: trials that told the sampler something (failed ones are not counted)."""
+
+
+def run_trials(opened: OpenStudy, n_trials: int, max_total: Optional[int] = None) -> StudySummary:
+    """Run ``n_trials`` trials of an opened study in this process; other workers may run meanwhile.
+
+    ``max_total`` caps the study across all its workers: no trial starts once that many have completed or been
+    pruned (Optuna's MaxTrialsCallback, checked after each trial and here before the first one). Trials already
+    running on other workers at that moment still finish, so the study can end up to workers - 1 above the cap.
+    """
+    if max_total is None or len(opened.study.get_trials(deepcopy=False, states=FINISHED_STATES)) < max_total:
+        callbacks = [optuna.study.MaxTrialsCallback(max_total, states=FINISHED_STATES)] if max_total else []
+        opened.study.optimize(make_objective(opened), n_trials=n_trials, catch=(TrialFailed,), callbacks=callbacks)
     summary = summarize(opened)
     record_on_parent(opened, summary)
     return summary
 
 
-def run_worker(spec: StudySpec, n_trials: int) -> StudySummary:
-    """Join (or create) the study, then run ``n_trials`` trials in this process."""
-    return run_trials(open_study(spec), n_trials)
+def run_worker(spec: StudySpec, n_trials: int, max_total: Optional[int] = None) -> StudySummary:
+    """Join (or create) the study, then run ``n_trials`` trials in this process (see run_trials for max_total)."""
+    return run_trials(open_study(spec), n_trials, max_total)

@@ -2,6 +2,7 @@
 
     lab-study --study lr-b-N2 --space lr_batch --n-trials 20
     lab-study --study lr-b-N2 --space lr_batch --n-trials 20 --storage postgresql+psycopg://postgres@db:5432/optuna
+    lab-study --study lr-b-N2 --space lr_batch --n-trials 100 --max-trials-total 64   (one of many workers)
     lab-study --study smoke --space smoke --n-trials 4 --sampler grid --pruner none tracking.uri=sqlite:///runs.db
 
 Trailing arguments are lab-train overrides applied to every trial after the space's own.
@@ -30,6 +31,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                          "(default: optuna.db beside the SQLite MLflow store)")
     ap.add_argument("--space", default="lr_batch", help="conf/study/<name>.yaml or a path to a space file")
     ap.add_argument("--n-trials", type=int, required=True, help="trials this worker runs")
+    ap.add_argument("--max-trials-total", type=int, default=None, metavar="K",
+                    help="cap on the whole study: no worker starts a trial once K trials have completed or been "
+                         "pruned (trials running elsewhere at that moment still finish)")
     ap.add_argument("--sampler", default="tpe", choices=SAMPLERS)
     ap.add_argument("--pruner", default="median", choices=PRUNERS)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of this worker (one per core it owns)")
@@ -46,6 +50,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.n_trials < 1:
         print("error: --n-trials must be >= 1", file=sys.stderr)
         return 2
+    if args.max_trials_total is not None and args.max_trials_total < 1:
+        print(f"error: --max-trials-total must be >= 1, got {args.max_trials_total}", file=sys.stderr)
+        return 2
     quiet_lightning()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
@@ -56,7 +63,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:  # the space, the study or a config: no trial ran
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = run_trials(opened, args.n_trials)
+    summary = run_trials(opened, args.n_trials, args.max_trials_total)
+    finished = summary.counts.get("COMPLETE", 0) + summary.counts.get("PRUNED", 0)
+    if args.max_trials_total is not None and finished >= args.max_trials_total:
+        print(f"the study has {finished} completed or pruned trials (cap --max-trials-total {args.max_trials_total})")
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(summary.counts.items()))
     print(f"study {summary.name}: {counts} (MLflow parent run {summary.parent_run_id})")
     if summary.best_trial is None:

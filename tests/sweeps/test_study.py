@@ -164,6 +164,18 @@ def test_grid_study_on_journal_storage_visits_each_point_once(tmp_path, cache_di
     assert all(sorted(t.intermediate_values) == [6400, 12800] for t in study.trials)
 
 
+def test_a_study_wide_cap_stops_every_worker_at_k_trials(tmp_path, cache_dir):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    out, = finish([worker(tmp_path, cache_dir, "capped", storage, 5, "--max-trials-total", "2")])
+    assert "2 completed or pruned trials (cap --max-trials-total 2)" in out
+    late, = finish([worker(tmp_path, cache_dir, "capped", storage, 5, "--max-trials-total", "2")])
+    assert "cap --max-trials-total 2" in late, "a worker joining a study at its cap starts no trial"
+    assert_each_trial_once(storage, "capped", f"sqlite:///{tmp_path}/mlflow.db", 2)
+    bad = subprocess.run([LAB_STUDY, "--study", "capped", "--n-trials", "1", "--max-trials-total", "0"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--max-trials-total must be >= 1, got 0" in bad.stderr
+
+
 def test_two_worker_processes_share_a_sqlite_study(tmp_path, cache_dir):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     procs = [worker(tmp_path, cache_dir, "duo", storage, 3, "--seed", str(seed)) for seed in (1, 2)]
