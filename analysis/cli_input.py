@@ -13,6 +13,7 @@ import polars as pl
 
 from analysis.laws.curve_points import CurvePointsError, check_schedule_free, curve_points, summarize
 from analysis.load import load_curves, load_runs, load_table
+from analysis.runs import from_scratch
 
 
 class CliError(ValueError):
@@ -79,7 +80,15 @@ def frame(args: argparse.Namespace, needed: Sequence[str], say: Progress) -> pl.
         df = load_table(args.input, required=[c for c in needed if c != "C"])  # C defaults to 6·N·D
     else:
         say(f"loading runs from {args.tracking_uri}")
-        df = complete(store_runs(args), needed, say)
+        runs = store_runs(args)
+        scratch = from_scratch(runs)
+        if scratch.height < runs.height:
+            say(f"leaving out {runs.height - scratch.height} critical-batch-size branch runs (tag branch_of: they "
+                "continue another run's checkpoint, so they are no (N, D) points; lab-fit cbs reads them)", True)
+        if scratch.height == 0:
+            raise CliError(f"the {runs.height} finished runs selected are all critical-batch-size branches (tag "
+                           "branch_of); fit them with lab-fit cbs, or select the sweep of runs trained from scratch")
+        df = complete(scratch, needed, say)
         if mode != "final":
             df = _curve_frame(args, df, mode, say)
     return df.with_columns(N=pl.col("N_total")) if total else df

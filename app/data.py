@@ -20,6 +20,7 @@ import streamlit as st
 
 from analysis.load import load_curves, load_runs, load_table
 from analysis.load.frames import CURVE_COLUMNS
+from analysis.runs import from_scratch
 
 STORE_TTL_S = 600  # a store being written by a sweep changes; the sidebar's "Reload data" refreshes sooner
 METRICS = ("val/loss", "train/loss", "val/bpb", "lr", "grad_norm", "noise/b_simple", "batch_tokens",
@@ -68,8 +69,9 @@ def finished(runs_frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def final_points(runs_frame: pl.DataFrame) -> pl.DataFrame:
-    """One point per finished run: N, D, C, B, lr and its final validation loss L (nats/token)."""
-    return finished(runs_frame).select(POINT_COLUMNS).drop_nulls(["N", "D", "C", "loss"])
+    """One point per finished run trained from scratch (CBS branches are not points: analysis.runs): N, D, C, B,
+    lr and its final validation loss L (nats/token)."""
+    return from_scratch(finished(runs_frame)).select(POINT_COLUMNS).drop_nulls(["N", "D", "C", "loss"])
 
 
 def validation_points(uri: str, runs_frame: pl.DataFrame, mode: str = "all") -> pl.DataFrame:
@@ -80,7 +82,7 @@ def validation_points(uri: str, runs_frame: pl.DataFrame, mode: str = "all") -> 
     schedule does not allow it (CurvePointsError, a ValueError naming them)."""
     from analysis.laws.curve_points import curve_points  # lazily: analysis.laws imports scipy (see above)
 
-    done = finished(runs_frame).drop_nulls(["N"])
+    done = from_scratch(finished(runs_frame)).drop_nulls(["N"])
     val = curves(uri, tuple(done["run_id"].to_list()), ("val/loss",))
     # min_fraction=0: every validation, as the page's "every validation point" promises.
     return curve_points(done, val, mode, min_fraction=0.0).select(*POINT_COLUMNS, "point")

@@ -68,12 +68,13 @@ def chinchilla_loss(N, D):
 
 
 def log_run(client, experiment_id: str, name: str, N: float, D: float, loss: float | None, sweep: str,
-            status: str = "FINISHED") -> str:
+            status: str = "FINISHED", tags: dict[str, str] | None = None) -> str:
     """A finished lab-train run as lab/tracking.py records it (design §5), reduced to three logged steps."""
     from mlflow.entities import Metric, Param
 
     seq_len, B_seq = 64, 8
-    run_id = client.create_run(experiment_id, run_name=name, tags={"sweep": sweep, "design": "grid"}).info.run_id
+    run_id = client.create_run(experiment_id, run_name=name,
+                               tags={"sweep": sweep, "design": "grid", **(tags or {})}).info.run_id
     params = {"N": int(N), "N_total": int(N) + 256 * 64, "seq_len": seq_len, "B_tokens": seq_len * B_seq,
               "B_sequences": B_seq, "optim.lr": 3e-3, "budget.tokens": int(D)}
     metrics = []
@@ -121,6 +122,35 @@ def test_loss_from_mlflow_store_recovers_the_law_and_checks_holdout(store, tmp_p
     assert holdout["max_abs_rel_error"] < 1e-3 and len(holdout["points"]) == n_test
     assert "no-val" in stderr and "skipping 1" in stderr  # the incomplete run is named, not silently dropped
     assert "holdout: fitted on" in stdout
+
+
+def test_branch_runs_are_no_points_of_a_loss_law(tmp_path, new_sqlite_store, capsys):
+    from mlflow import MlflowClient
+
+    uri = new_sqlite_store(tmp_path)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("mixed", artifact_location=(tmp_path / "artifacts").as_uri())
+    reference = ""
+    for N in np.geomspace(1e5, 1e7, 3):
+        for D in np.geomspace(2e6, 2e9, 4):
+            reference = log_run(client, exp, f"grid-N{N:.2g}-D{D:.2g}", N, D, chinchilla_loss(N, D), "mixed")
+    for B in (1024, 2048, 4096):  # branches of the last run: a loss no law of (N, D) would give
+        log_run(client, exp, f"branch-{B}", 1e7, 1e6, 1.0, "mixed",
+                tags={"branch_of": reference, "checkpoint_tokens": "1000000"})
+    out = tmp_path / "fit.json"
+    code, _, stderr = run(["loss", "--tracking-uri", uri, "--sweep", "mixed", "--bootstrap", 0, "--out", out],
+                          capsys)
+    assert code == 0, stderr
+    fit = json.loads(out.read_text())
+    assert fit["n_points"] == 12
+    assert fit["params"]["alpha"] == pytest.approx(TRUTH["alpha"], rel=1e-2)
+    assert "leaving out 3 critical-batch-size branch runs" in stderr
+
+    only = MlflowClient(uri).create_experiment("branches-only", artifact_location=(tmp_path / "b").as_uri())
+    log_run(client, only, "branch", 1e7, 1e6, 1.0, "b", tags={"branch_of": reference})
+    code, _, stderr = run(["loss", "--tracking-uri", uri, "--experiment", "branches-only", "--out", out], capsys)
+    assert code == 2
+    assert_one_line_error(stderr, "all critical-batch-size branches", "lab-fit cbs")
 
 
 def test_cbs_from_a_store_without_branch_runs_explains_the_tags(store, tmp_path, capsys):

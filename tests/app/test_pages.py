@@ -230,3 +230,14 @@ def test_cbs_compares_branches_with_the_reference_runs_own_batch():
     assert local["cbs"].to_list() == [512.0] * 4
     local, _, _ = cbs_fit(branches.drop("B_ref"), 0.01, 0)  # no record: the smallest B is the reference
     assert local["cbs"].to_list() == [128.0] * 4
+
+
+def test_loss_law_points_leave_out_cbs_branches():
+    from app.data import branch_points, final_points
+
+    runs = pl.DataFrame({"run_id": ["a", "b", "c"], "run_name": ["a", "b", "c"], "status": ["FINISHED"] * 3,
+                         "N": [1e5, 1e6, 1e6], "D": [1e8, 1e8, 1e6], "C": [6e13, 6e14, 6e12], "B": [512.0] * 3,
+                         "lr": [3e-3] * 3, "loss": [3.0, 2.8, 1.0], "tag.branch_of": [None, None, "b"],
+                         "tag.checkpoint_tokens": [None, None, "1000000"]})
+    assert final_points(runs)["run_id"].to_list() == ["a", "b"]
+    assert branch_points(runs)["loss"].to_list() == [1.0], "the CBS page still reads the branch"
