@@ -2,6 +2,10 @@
 
 A law is only useful if it predicts runs larger than those it was fitted on; this holds out every run with
 C >= C_threshold (FLOPs; C = 6·N·D when the frame has no C column) and compares predicted with actual loss.
+
+With several points per run (learning curves as points, `groups="run_id"`) the split is by run: a run whose
+largest C reaches the threshold is held out whole, so none of its early points, which carry that model's size,
+informs the fit that is meant to extrapolate to it. Its points below the threshold are in neither set.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ class HoldoutReport:
     n_test: int
     mean_abs_rel_error: float
     max_abs_rel_error: float
+    n_unused: int = 0
+    """Points of held-out runs below the threshold (split by run only): neither fitted on nor predicted."""
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly figures of the check."""
         return {"form": self.fit.form, "C_threshold": self.C_threshold, "n_train": self.n_train,
-                "n_test": self.n_test, "mean_abs_rel_error": self.mean_abs_rel_error,
+                "n_test": self.n_test, "n_unused": self.n_unused, "mean_abs_rel_error": self.mean_abs_rel_error,
                 "max_abs_rel_error": self.max_abs_rel_error}
 
 
@@ -62,8 +68,14 @@ def holdout_check(df: pl.DataFrame, form: str, C_threshold: float, bootstrap: in
     """
     df = with_derived_columns(df)
     check_points(df, ["N", "C", "loss"])
-    train = df.filter(pl.col("C") < C_threshold)
-    test = df.filter(pl.col("C") >= C_threshold)
+    groups = fit_kwargs.get("groups")
+    if groups is not None:  # several points per run: hold out whole runs (module docstring)
+        held_out = (pl.col("C").max().over(groups) >= C_threshold)
+        train = df.filter(~held_out)
+        test = df.filter(held_out & (pl.col("C") >= C_threshold))
+    else:
+        train = df.filter(pl.col("C") < C_threshold)
+        test = df.filter(pl.col("C") >= C_threshold)
     if test.height == 0:
         raise PointsError(f"no run has C >= {C_threshold:g} FLOPs (largest C is {df['C'].max():g}); "
                           "lower C_threshold so some runs are held out")
@@ -82,4 +94,5 @@ def holdout_check(df: pl.DataFrame, form: str, C_threshold: float, bootstrap: in
         frame = frame.with_columns(predicted_lo=pl.Series(interval[0]), predicted_hi=pl.Series(interval[1]))
     return HoldoutReport(fit=fit, frame=frame, C_threshold=float(C_threshold), n_train=train.height,
                          n_test=test.height, mean_abs_rel_error=float(np.mean(np.abs(rel))),
-                         max_abs_rel_error=float(np.max(np.abs(rel))))
+                         max_abs_rel_error=float(np.max(np.abs(rel))),
+                         n_unused=df.height - train.height - test.height)

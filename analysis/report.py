@@ -88,8 +88,10 @@ def holdout_table(report: HoldoutReport) -> str:
         else "predicted"
     columns: dict[str, Column] = {c: c for c in ("N", "D", "C", "loss") if c in report.frame.columns}
     columns.update({"predicted [95% CI]": predicted, "rel. error": "rel_error"})
-    title = (f"holdout: fitted on {report.n_train} runs with C < {num(report.C_threshold)} FLOPs, "
-             f"predicting {report.n_test} runs above")
+    title = (f"holdout: fitted on {report.n_train} points with C < {num(report.C_threshold)} FLOPs, "
+             f"predicting {report.n_test} points above"
+             + (f" (whole runs held out: {report.n_unused} of their points below the threshold unused)"
+                if report.n_unused else ""))
     return (frame_table(report.frame.sort("C"), columns, title)
             + f"\nmean |rel. error| {num(report.mean_abs_rel_error)}, max {num(report.max_abs_rel_error)}")
 

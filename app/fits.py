@@ -26,8 +26,11 @@ def loss_fit(points: pl.DataFrame, form: str, bootstrap: int, exclude_top_loss: 
 
 
 @st.cache_data(show_spinner="Checking the extrapolation…", max_entries=32)
-def holdout(points: pl.DataFrame, form: str, C_threshold: float, bootstrap: int) -> HoldoutReport:
-    return holdout_check(points, form, C_threshold, bootstrap=bootstrap)
+def holdout(points: pl.DataFrame, form: str, C_threshold: float, bootstrap: int, by_run: bool = False
+            ) -> HoldoutReport:
+    """`holdout_check`; by_run (several validation points per run) holds out and resamples whole runs."""
+    groups = "run_id" if by_run and "run_id" in points.columns else None
+    return holdout_check(points, form, C_threshold, bootstrap=bootstrap, groups=groups)
 
 
 @st.cache_data(show_spinner="Fitting IsoFLOP profiles…", max_entries=32)

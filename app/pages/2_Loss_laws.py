@@ -116,7 +116,7 @@ with tab_holdout:
         threshold = st.select_slider("Fit on C below, predict C at or above", list(cs), value=default,
                                      key="holdout_C", format_func=lambda v: f"{v:.3g}")
         try:
-            report = fits.holdout(points, form, float(threshold), bootstrap)
+            report = fits.holdout(points, form, float(threshold), bootstrap, mode == VALIDATION)
         except (PointsError, RuntimeError) as err:
             st.warning(f"No held-out check: {err}")
         else:

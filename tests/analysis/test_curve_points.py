@@ -148,6 +148,24 @@ def test_fit_on_schedule_free_curve_points_recovers_the_law_and_forced_cosine_po
     assert abs(biased.params["beta"] - TRUTH["beta"]) > 5 * fit.stderr["beta"]
 
 
+def test_holdout_on_curve_points_holds_out_whole_runs():
+    from analysis.extrapolate import holdout_check
+
+    runs, curves = run_frames(ladder("constant"), noise=0.002, every=40)
+    points = curve_points(runs, curves, "schedule-free")
+    threshold = sorted(runs["C"].to_list())[-3]  # the three largest runs are held out
+    held = set(runs.filter(pl.col("C") >= threshold)["run_id"].to_list())
+    check = holdout_check(points, "chinchilla", threshold, bootstrap=0, groups="run_id")
+    test_runs = set(check.frame.join(points, on=["N", "D", "C", "loss"])["run_id"].to_list())
+    assert test_runs <= held and check.n_test == points.filter(pl.col("C") >= threshold).height
+    assert check.n_train == points.filter(~pl.col("run_id").is_in(list(held))).height
+    assert check.n_unused > 0, "the early points of the held-out runs are not fitted on"
+    assert check.n_train + check.n_test + check.n_unused == points.height
+    assert check.max_abs_rel_error < 0.02
+    by_point = holdout_check(points, "chinchilla", threshold, bootstrap=0)  # one point per run assumed
+    assert by_point.n_train == check.n_train + check.n_unused
+
+
 # --- a real MLflow store and lab-fit ----------------------------------------------------------------------------
 
 def log_run(client, experiment_id: str, spec: dict, sweep: str) -> str:
