@@ -47,6 +47,20 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def resume_after_requeue(overrides: Sequence[str], cfg: Any, restart_count: int) -> list[str]:
+    """The overrides of a job that SLURM requeued by itself (a node failure, `scontrol requeue`; restart_count =
+    SLURM_RESTART_COUNT): resume=true when its run (``cfg``: the job's composed config) left a checkpoint, so the
+    run continues instead of starting afresh beside it; the overrides unchanged otherwise. lab.run checks that
+    the checkpointed run was started with the same settings."""
+    overrides = list(overrides)
+    if restart_count < 1 or "resume=true" in overrides or not cfg.tracking.run_name:
+        return overrides
+    ckpt_dir = Path(cfg.checkpoint_dir) / cfg.tracking.experiment / cfg.tracking.run_name
+    if not ((ckpt_dir / "run.json").exists() and (ckpt_dir / "last.ckpt").exists()):
+        return overrides  # killed before its first checkpoint: nothing to continue
+    return [*(o for o in overrides if override_key(o) != "resume"), "resume=true"]
+
+
 def sweep_id(design: Mapping[str, Any], task_overrides: Sequence[str], given: Optional[str] = None) -> str:
     """``given`` if set, else ``<design name>-<8 hex>`` from the design and the command-line overrides (without the
     ones that do not change results, NEUTRAL_KEYS): the same command is the same sweep, so it can be resumed."""

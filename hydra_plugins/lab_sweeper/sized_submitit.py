@@ -8,7 +8,8 @@ job runs with trainer.threads = cpus_per_task. Works for any multirun of the tra
 Preemption and time limits: a job's run that receives SIGTERM or submitit's signal (USR2, sent by SLURM before the
 time limit, and on preemption where the cluster sets preempt_send_user_signal) saves a checkpoint at that step and
 ends KILLED (lab.preemption); the job then asks submitit to requeue it (submitit's own signal handler, which calls
-``checkpoint``), and the requeued job continues the same MLflow run with ``resume=true``.
+``checkpoint``), and the requeued job continues the same MLflow run with ``resume=true``. A job that SLURM requeues
+by itself (node failure; no signal reached the run) continues from the run's last periodic checkpoint.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class SizedSubmititLauncher(BaseSubmititLauncher):
         """One job, in its submitit process; a preempted run has the job requeued (module docstring)."""
         from lab.preemption import Preempted, submitit_signal
 
+        sweep_overrides = self.resume_after_requeue(sweep_overrides)
         try:
             return super().__call__(sweep_overrides, *args)
         except Preempted as stop:
@@ -68,6 +70,25 @@ class SizedSubmititLauncher(BaseSubmititLauncher):
             # only on tasks other than the first, which end with the run's exception.
             signal.raise_signal(submitit_signal())
             raise
+
+    def resume_after_requeue(self, sweep_overrides: list[str]) -> list[str]:
+        """A job SLURM requeued by itself reruns with its first overrides: continue its run from its checkpoint
+        (sweeps.runs.resume_after_requeue)."""
+        from sweeps.runs import resume_after_requeue
+
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        if restarts < 1:
+            return sweep_overrides
+        assert self.hydra_context is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(sweep_overrides))
+        resumed = resume_after_requeue(sweep_overrides, cfg, restarts)
+        if resumed != list(sweep_overrides):
+            log.warning("SLURM requeued this job (restart %d): run %s resumes from its last checkpoint", restarts,
+                        cfg.tracking.run_name)
+        elif not cfg.tracking.run_name:
+            log.warning("SLURM requeued this job, but its run has no tracking.run_name to find a checkpoint by: "
+                        "it starts afresh (sweep designs name every run)")
+        return resumed
 
     def checkpoint(self, sweep_overrides: list[str], *args: Any) -> Any:
         """submitit's requeue hook: the same job again, continuing its run (resume=true) when it was preempted."""

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from lab.run import train
 from lab.train import compose_config
+from sweeps.runs import resume_after_requeue
 
 LAB_TRAIN = str(Path(sys.executable).parent / "lab-train")
 
@@ -126,6 +127,20 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     assert run.info.status == "FINISHED" and len(client.get_metric_history(first.run_id, "train/loss")) == recorded
 
 
+def test_a_requeued_job_resumes_only_a_run_that_left_a_checkpoint(tmp_path):
+    launch = overrides(tmp_path, "tracking.run_name=requeued")
+    cfg = compose_config(launch)
+    assert resume_after_requeue(launch, cfg, restart_count=1) == launch, "no checkpoint yet: start afresh"
+    ckpt = tmp_path / "ckpt" / "smoke" / "requeued"
+    ckpt.mkdir(parents=True)
+    (ckpt / "run.json").write_text(json.dumps({"run_id": "r", "run_name": "requeued"}))
+    (ckpt / "last.ckpt").write_bytes(b"")
+    assert resume_after_requeue(launch, cfg, restart_count=0) == launch, "a first start is not a requeue"
+    assert resume_after_requeue([*launch, "resume=false"], cfg, restart_count=2) == [*launch, "resume=true"]
+    unnamed = overrides(tmp_path)
+    assert resume_after_requeue(unnamed, compose_config(unnamed), restart_count=1) == unnamed
+
+
 def test_sigkilled_run_resumes_into_same_run_with_every_step_once(tmp_path):
     long = ("budget.tokens=102400", "trainer.checkpoint_every_steps=40", "trainer.val_every_steps=100",
             "tracking.run_name=killme")
@@ -145,7 +160,12 @@ def test_sigkilled_run_resumes_into_same_run_with_every_step_once(tmp_path):
     killed_at = max(s for s, _ in history(client, run_id, "train/loss"))
     assert 40 <= killed_at < 400
 
-    resumed = cli(tmp_path, *overrides(tmp_path, *long, "resume=true"))
+    # As SLURM would requeue the killed job (a node failure): the same overrides, SLURM_RESTART_COUNT=1; the
+    # submitit launchers turn them into a resume (hydra_plugins.lab_sweeper.sized_submitit).
+    first_launch = overrides(tmp_path, *long)
+    requeued = resume_after_requeue(first_launch, compose_config(first_launch), restart_count=1)
+    assert requeued == [*first_launch, "resume=true"]
+    resumed = cli(tmp_path, *requeued)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert client.get_run(run_id).info.status == "FINISHED"
