@@ -12,9 +12,11 @@ Timed, in this order, in a process whose caches start empty:
 - server side, through Streamlit's AppTest (the script run a browser would wait for): the Home page's first
   render, which loads every run (`load_runs`, cache miss); the switch to the Runs page (the 1,000-row table and
   the learning curves of the 5 picked runs, read for those runs only); a widget change on it (another metric);
-- in the browser, unless --no-browser or no Chromium: `lab-dashboard` on a free port (fresh server, cold caches);
-  headless Chromium opens Home, timed until the run count is on screen (the headline figure: time to first
-  data), then the Runs page until plotly has drawn the 5 picked runs' curves, then a reload of it.
+- in the browser, unless --no-browser or no Chromium: `lab-dashboard` on a free port (a fresh server: it starts
+  reading the store's runs as it starts, app/serve.py), opened as soon as it answers its health check, as a user
+  opening the printed URL would; headless Chromium opens Home, timed until the run count is on screen (the
+  headline figure: time to first data), then the Runs page until plotly has drawn the 5 picked runs' curves, then
+  a reload of it.
 """
 
 from __future__ import annotations
