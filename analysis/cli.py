@@ -48,9 +48,8 @@ from analysis.laws.loglinear import jsonable
 from analysis.laws.loss import compute_optimal, fit_loss
 from analysis.laws.loss_forms import FORMS, get_form
 from analysis.load import load_table
+from analysis.runs import BRANCH_TAG, CHECKPOINT_TAG, REFERENCE_B, recorded_reference_B
 
-BRANCH_TAG, CHECKPOINT_TAG = "branch_of", "checkpoint_tokens"  # tags of critical-batch-size branch runs
-REFERENCE_B_PARAM = "branch.B_ref_tokens"  # the reference run's batch in tokens, a param of every branch (lab/init.py)
 
 
 def _positive(text: str) -> float:
@@ -155,16 +154,8 @@ def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame,
     tagged = complete(tagged.with_columns(checkpoint_tokens=tokens), ["checkpoint_tokens", "B", "loss"], say)
     ref = runs.filter(pl.col("run_id") == refs[0])
     seq_len = args.seq_len or (ref["seq_len"][0] if ref.height else None) or tagged["seq_len"].max()
-    return tagged, seq_len, args.total_tokens or (ref["D"][0] if ref.height else None), _recorded_reference_B(tagged)
-
-
-def _recorded_reference_B(branches: pl.DataFrame) -> float | None:
-    """The reference run's batch (tokens) as lab-train records it on every branch (param branch.B_ref_tokens)."""
-    column = f"param.{REFERENCE_B_PARAM}"
-    if column not in branches.columns:
-        return None
-    values = branches[column].cast(pl.Float64, strict=False).drop_nulls().unique().to_list()
-    return values[0] if len(values) == 1 else None
+    recorded_B = recorded_reference_B(tagged[REFERENCE_B]) if REFERENCE_B in tagged.columns else None
+    return tagged, seq_len, args.total_tokens or (ref["D"][0] if ref.height else None), recorded_B
 
 
 def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
@@ -176,7 +167,7 @@ def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
         df, seq_len, total, recorded_B = _branch_runs(args, say)
         reference_B = args.reference_B or recorded_B
         if args.reference_B is None and recorded_B is not None:
-            say(f"reference batch {recorded_B:g} tokens (the branches' {REFERENCE_B_PARAM})")
+            say(f"reference batch {recorded_B:g} tokens (the branches' {REFERENCE_B})")
     say(f"local CBS from {df.height} branches (tolerance {args.tolerance:g}), then CBS(D) with "
         f"{args.bootstrap} bootstrap resamples")
     local = local_cbs(df, tolerance=args.tolerance, reference_B=reference_B, interpolate=args.interpolate)
@@ -239,7 +230,7 @@ def _parser() -> argparse.ArgumentParser:
     cbs.add_argument("--tolerance", type=_positive, default=CBS_TOLERANCE, help="relative loss excess allowed")
     cbs.add_argument("--reference", metavar="RUN_ID", help="MLflow: the branches of this reference run")
     cbs.add_argument("--reference-B", type=_positive, metavar="B", help="reference batch (tokens); default: the branches' "
-                     f"{REFERENCE_B_PARAM} when read from a store, else the smallest B of each checkpoint")
+                     f"{REFERENCE_B} when read from a store, else the smallest B of each checkpoint")
     cbs.add_argument("--interpolate", action="store_true", help="interpolate the CBS between B_pass and B_fail")
     cbs.add_argument("--seq-len", type=int, help="sequence length of the planned run (tokens)")
     cbs.add_argument("--total-tokens", type=_positive, help="training tokens of the planned run")

@@ -20,7 +20,7 @@ import streamlit as st
 
 from analysis.load import load_curves, load_runs, load_table
 from analysis.load.frames import CURVE_COLUMNS
-from analysis.runs import from_scratch
+from analysis.runs import REFERENCE_B, from_scratch
 
 STORE_TTL_S = 600  # a store being written by a sweep changes; the sidebar's "Reload data" refreshes sooner
 METRICS = ("val/loss", "train/loss", "val/bpb", "lr", "grad_norm", "noise/b_simple", "batch_tokens",
@@ -110,8 +110,8 @@ def branch_points(runs_frame: pl.DataFrame) -> pl.DataFrame:
         return pl.DataFrame(schema={"checkpoint_tokens": pl.Float64, "B": pl.Float64, "loss": pl.Float64})
     ref = branch_column(runs_frame, "ref_loss")
     extra = [pl.col(ref).cast(pl.Float64, strict=False).alias("ref_loss")] if ref else []
-    if "param.branch.B_ref_tokens" in runs_frame.columns:  # the reference's batch, recorded by every branch
-        extra.append(pl.col("param.branch.B_ref_tokens").cast(pl.Float64, strict=False).alias("B_ref"))
+    if REFERENCE_B in runs_frame.columns:  # the reference's batch, recorded by every branch
+        extra.append(pl.col(REFERENCE_B).cast(pl.Float64, strict=False).alias("B_ref"))
     return (finished(runs_frame)
             .select(pl.col(column).cast(pl.Float64, strict=False).alias("checkpoint_tokens"), "B", "loss", *extra)
             .drop_nulls())

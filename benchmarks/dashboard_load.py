@@ -65,12 +65,8 @@ def server_side(uri: str) -> dict[str, float]:
             "apptest_widget_change_s": widget, "time_to_first_data_apptest_s": home + runs_page}
 
 
-RUN_COUNT = ("(document.querySelector('[data-testid=\"stMetricValue\"]') || {}).textContent")
-"""The Home page's first metric, the number of runs in the store: the first data a user sees."""
-
-
 def browser_side(uri: str, runs: int) -> dict[str, float]:
-    from cdp import APP_IDLE, CHARTS_DRAWN, Chromium, find_chromium
+    from cdp import APP_IDLE, CHARTS_DRAWN, RUN_COUNT, Chromium, find_chromium
 
     chromium = find_chromium()
     if chromium is None:

@@ -29,3 +29,18 @@ def new_sqlite_store(empty_store_file) -> Callable[[Path], str]:
         return f"sqlite:///{path}"
 
     return make
+
+
+@pytest.fixture(scope="session")
+def new_experiment(new_sqlite_store) -> Callable[[Path, str], tuple[str, object, str]]:
+    """new_experiment(directory, name) -> (uri, MlflowClient, experiment id) of a fresh store in that directory
+    with one experiment, its artifacts kept beside it."""
+
+    def make(directory: Path, name: str) -> tuple[str, object, str]:
+        from mlflow import MlflowClient
+
+        uri = new_sqlite_store(directory)
+        client = MlflowClient(uri)
+        return uri, client, client.create_experiment(name, artifact_location=(directory / "artifacts").as_uri())
+
+    return make

@@ -89,13 +89,8 @@ def log_run(client, experiment_id: str, name: str, N: float, D: float, loss: flo
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, new_sqlite_store) -> str:
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = new_sqlite_store(root)
-    client = MlflowClient(uri)
-    exp = client.create_experiment("ladder", artifact_location=(root / "artifacts").as_uri())
+def store(tmp_path_factory, new_experiment) -> str:
+    uri, client, exp = new_experiment(tmp_path_factory.mktemp("mlflow"), "ladder")
     for N in np.geomspace(1e5, 1e7, 5):
         for D in np.geomspace(2e6, 2e9, 5):
             log_run(client, exp, f"grid-N{N:.2g}-D{D:.2g}", N, D, chinchilla_loss(N, D), "s1")
@@ -124,12 +119,8 @@ def test_loss_from_mlflow_store_recovers_the_law_and_checks_holdout(store, tmp_p
     assert "holdout: fitted on" in stdout
 
 
-def test_branch_runs_are_no_points_of_a_loss_law(tmp_path, new_sqlite_store, capsys):
-    from mlflow import MlflowClient
-
-    uri = new_sqlite_store(tmp_path)
-    client = MlflowClient(uri)
-    exp = client.create_experiment("mixed", artifact_location=(tmp_path / "artifacts").as_uri())
+def test_branch_runs_are_no_points_of_a_loss_law(tmp_path, new_experiment, capsys):
+    uri, client, exp = new_experiment(tmp_path, "mixed")
     reference = ""
     for N in np.geomspace(1e5, 1e7, 3):
         for D in np.geomspace(2e6, 2e9, 4):
@@ -146,7 +137,7 @@ def test_branch_runs_are_no_points_of_a_loss_law(tmp_path, new_sqlite_store, cap
     assert fit["params"]["alpha"] == pytest.approx(TRUTH["alpha"], rel=1e-2)
     assert "leaving out 3 critical-batch-size branch runs" in stderr
 
-    only = MlflowClient(uri).create_experiment("branches-only", artifact_location=(tmp_path / "b").as_uri())
+    only = client.create_experiment("branches-only", artifact_location=(tmp_path / "b").as_uri())
     log_run(client, only, "branch", 1e7, 1e6, 1.0, "b", tags={"branch_of": reference})
     code, _, stderr = run(["loss", "--tracking-uri", uri, "--experiment", "branches-only", "--out", out], capsys)
     assert code == 2

@@ -191,13 +191,8 @@ def log_run(client, experiment_id: str, spec: dict, sweep: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, new_sqlite_store) -> str:
-    from mlflow import MlflowClient
-
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = new_sqlite_store(root)
-    client = MlflowClient(uri)
-    exp = client.create_experiment("ladder", artifact_location=(root / "artifacts").as_uri())
+def store(tmp_path_factory, new_experiment) -> str:
+    uri, client, exp = new_experiment(tmp_path_factory.mktemp("mlflow"), "ladder")
     for spec in ladder("constant", steps=(200, 800)):
         log_run(client, exp, spec, "const")
     for spec in ladder("cosine", steps=(200,)):

@@ -30,6 +30,8 @@ CHARTS_DRAWN = "document.querySelectorAll('.js-plotly-plot .main-svg .trace').le
 """Number of plotly traces drawn on the page (0 until Streamlit has delivered and plotly has rendered a chart)."""
 APP_IDLE = "!document.querySelector('[data-testid=\"stStatusWidget\"]')"
 """True when Streamlit shows no 'Running…' indicator."""
+RUN_COUNT = "(document.querySelector('[data-testid=\"stMetricValue\"]') || {}).textContent"
+"""The Home page's first metric, the number of runs in the store: the first data a user sees."""
 
 
 def find_chromium() -> str | None:

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from app.cli import parse, streamlit_command
-from cdp import APP_IDLE, CHARTS_DRAWN, Chromium, find_chromium
+from cdp import APP_IDLE, CHARTS_DRAWN, RUN_COUNT, Chromium, find_chromium
 
 LAB_DASHBOARD = str(Path(sys.executable).parent / "lab-dashboard")
 
@@ -115,9 +115,6 @@ def test_dashboard_serves_charts_in_chromium(dashboard, chromium, tmp_path):
     assert pixels.shape == (1000, 1400)
     assert pixels.var() > 200, f"screenshot looks blank (pixel variance {pixels.var():.1f})"
     assert (pixels < 200).mean() > 0.02, "too few dark pixels: no text or chart drawn"
-
-
-RUN_COUNT = "(document.querySelector('[data-testid=\"stMetricValue\"]') || {}).textContent"
 
 
 def test_first_page_view_is_served_from_the_runs_read_at_start(store_uri, chromium, tmp_path):
