@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra import compose, initialize_config_dir
@@ -35,28 +36,38 @@ def compose_config(overrides: Sequence[str] = ()) -> TrainConfig:
         return to_config(compose(config_name="train", overrides=list(overrides)))
 
 
+class JobFailed(RuntimeError):
+    """A job of ``lab-train -m`` that cannot run: Hydra records it and runs the other jobs (a SystemExit would end
+    the whole multirun)."""
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    """One line on stderr; then end the process (a single run) or only this job (a multirun)."""
+    print(message, file=sys.stderr, flush=True)
+    if HydraConfig.get().mode.name == "RUN":
+        sys.exit(status)
+    raise JobFailed(message)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
         typed = to_config(cfg)
     except ConfigError as err:
-        print(err, file=sys.stderr)
-        sys.exit(2)
+        _fail(str(err), 2)
     from lab.run import execute, prepare, quiet_lightning  # torch and Lightning load once the config is valid
 
     quiet_lightning()
     try:
         prepared = prepare(typed)
     except ValueError as err:  # every check that needs the model, the plan or the data: nothing recorded yet
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    from lab.store import StoreUnavailable
+        _fail(f"error: {err}", 2)
+    from tracking.store import StoreUnavailable
 
     try:
         result = execute(prepared)
     except StoreUnavailable as err:  # the message names the store and the fix; a traceback would bury it
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        _fail(f"error: {err}", 1)
     print(f"{result.status}: run {result.run_name} ({result.run_id}) N={result.N:,} D={result.D:,} "
           f"C={result.C:.3g} val/loss={result.final_val_loss:.4f}")
     if result.status != "FINISHED":

@@ -52,7 +52,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lab.preemption import Preempted
 from lab.run import train
-from lab.store import ensure_store, sqlite_path
+from tracking.store import ensure_store, sqlite_path
 from lab.train import compose_config
 from sweeps.pruning import Pruned, TokenPruning, make_pruner
 from sweeps.runs import checkpoint_of

@@ -182,7 +182,7 @@ def test_sigkilled_run_resumes_into_same_run_with_every_step_once(tmp_path):
 
 
 def test_store_created_by_many_processes_at_once(tmp_path):
-    code = "import sys; from lab.tracking import ensure_store; ensure_store(sys.argv[1])"
+    code = "import sys; from tracking.store import ensure_store; ensure_store(sys.argv[1])"
     uri = f"sqlite:///{tmp_path}/fresh.db"
     procs = [subprocess.Popen([sys.executable, "-c", code, uri], stderr=subprocess.PIPE, text=True)
              for _ in range(4)]

@@ -19,7 +19,8 @@ from lab.config import BatchConfig, ConfigError, ModelConfig
 from lab.train import compose_config
 from sweeps.branches import cbs
 from sweeps.cli import run_sweep
-from sweeps.designs import Base, DesignError, RunSpec, expand, sci, tokens_label
+from sweeps.designs import Base, DesignError, RunSpec, sci, tokens_label
+from sweeps.catalog import expand
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "cbs.json"
 D, W = 12800, 2048
