@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric
 
 from tracking.buffer import MetricBuffer
+from tracking.record import Artifact
 from tracking.store import retrying
 
 PENDING_KEY = "lab_pending_metrics"
@@ -93,11 +94,16 @@ class RunLogger(MLFlowLogger):
                      f"set tag {k} of run {self.run_id}", self._tracking_uri)
 
     @rank_zero_only
-    def log_summary(self, summary: Mapping[str, Any], config_yaml: str) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
-        for text, name in ((json.dumps(clean, indent=2, sort_keys=True), "summary.json"), (config_yaml, "config.yaml")):
+    def log_texts(self, files: Mapping[str, str]) -> None:
+        """Text artifacts, by file name."""
+        for name, text in files.items():
             retrying(lambda text=text, name=name: self.experiment.log_text(self.run_id, text, name),
                      f"save {name} of run {self.run_id}", self._tracking_uri)
+
+    @rank_zero_only
+    def log_summary(self, summary: Mapping[str, Any], config_yaml: str) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+        self.log_texts({Artifact.SUMMARY: json.dumps(clean, indent=2, sort_keys=True), Artifact.CONFIG: config_yaml})
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:

@@ -35,7 +35,7 @@ from typing import Any, Optional
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from tracking.record import FailureKind, Tag
+from tracking.record import Checkpoint, FailureKind, Tag
 from tracking.runs import REASON_LIMIT
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class Preemption(L.Callback):
         # Every rank stops at the same step (saving is collective); any rank's signal counts.
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False) or step == steps:
             return
-        path = self.ckpt_dir / "last.ckpt"
+        path = self.ckpt_dir / Checkpoint.LAST
         trainer.save_checkpoint(path)
         name = self.received or "a signal on another rank"
         stop = Preempted(f"preempted by {name} after step {step} of {steps}: checkpoint {path}; continue the same "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,13 @@ from lab.datamodule import TokenData
 from lab.model import GPT, GPTConfig, gpt_config
 from lab.module import Accounting, DivergedError, LitGPT
 from lab.progress import StepProgressBar
-from lab.schedules import BatchSchedule, LRSchedule, PlanStep, plan as schedule_plan
+from lab.schedules import BatchSchedule, LRSchedule, PlanStep, describe_plan, plan as schedule_plan
 from lab.logger import PendingMetrics, RunLogger
 from tracking import runs as tracked
-from tracking.record import Checkpoint, FailureKind, Param, Tag, compute
+from tracking.record import Artifact, Checkpoint, FailureKind, Param, Tag, compute
 from tracking.store import ensure_store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -187,11 +190,12 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
                                 Param.SEQ_LEN: cfg.model.seq_len, Param.B_TOKENS: B_tokens,
                                 Param.B_SEQUENCES: cfg.batch.sequences, Param.D: D, Param.C: compute(N, D),
                                 Param.STEPS: len(plan),
-                                "flops_per_token": flops.flops_per_token(gpt_cfg), "peak_flops": p.peak_flops,
+                                "flops_per_token": flops.flops_per_token(gpt_cfg), Param.PEAK_FLOPS: p.peak_flops,
                                 **(p.branch.params(cfg.model.seq_len) if p.branch else {}),
                                 **parallel.describe(parallelism)})
         if parallel.rank() == 0:  # other ranks (relaunched by Lightning or srun) have no MLflow run of their own
             identity.write_record(ckpt_dir, logger.run_id, run_name, cfg)
+            log_plan(logger, plan, cfg)
     elif parallel.rank() == 0:
         logger._skip_through = tracked.recorded_steps(logger.experiment, run_id)
         tracked.reopen_run(logger.experiment, run_id, cfg.tracking.tags)
@@ -239,6 +243,16 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
     logger.log_summary({**dataclasses.asdict(result), "final_val_loss": final},
                        OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     return result
+
+
+def log_plan(logger: RunLogger, plan: list[PlanStep], cfg: TrainConfig) -> None:
+    """A batch-size schedule rescales the LR at each batch change by an explicit rule: say so in the log and keep it
+    as an artifact (style guide, habit 3). Constant-batch runs have nothing to say."""
+    lines = describe_plan(plan, cfg.model.seq_len, cfg.batch.lr_rescale)
+    if len(lines) > 1:
+        for line in lines:
+            log.info("%s", line)
+        logger.log_texts({Artifact.PLAN: "\n".join(lines) + "\n"})
 
 
 def quiet_lightning() -> None:

@@ -259,7 +259,7 @@ class SweepSummary:
             return f"{'-':>8}" if x is None else format(x, fmt)
 
         width = max([len("run")] + [len(o.name) for o in self.outcomes])
-        lines = [f"{'run':<{width}}  {'status':<8}  {'N':>8}  {'D':>8}  {'val/loss':>8}  note",
+        lines = [f"{'run':<{width}}  {'status':<8}  {'N':>8}  {'D':>8}  {Metric.VAL_LOSS:>8}  note",
                  "-" * (width + 50)]
         for o in self.outcomes:
             note = "resumed" if o.resumed else ""

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from sweeps.designs import RunSpec
 from sweeps.runs import Job, Previous, SweepSummary, _number
 from tracking import runs as tracked
-from tracking.record import Artifact, FailureKind, Metric, Param, Tag
+from tracking.record import Artifact, FailureKind, Metric, Param, SweepStatus, Tag
 from tracking.store import ensure_store
 
 
@@ -44,7 +44,7 @@ class SweepTracker:
             {Tag.SWEEP_DESIGN: str(design.get("name")), Tag.SWEEP_RUNS: str(len(specs))},
             {**params, "overrides": " ".join(task_overrides)[:6000]})
         self.client.log_text(run_id, json.dumps([s.to_dict() for s in specs], indent=1), Artifact.DESIGN)
-        self.client.set_tag(run_id, Tag.SWEEP_STATUS, "running")
+        self.client.set_tag(run_id, Tag.SWEEP_STATUS, SweepStatus.RUNNING)
         return run_id
 
     def previous_runs(self, sweep: str) -> dict[str, Previous]:
@@ -78,7 +78,8 @@ class SweepTracker:
 
     def close_parent(self, parent_run_id: str, summary: SweepSummary, interrupted: bool = False) -> None:
         counts = summary.counts()
-        status = "interrupted" if interrupted else ("complete" if summary.complete else "partial")
+        status = (SweepStatus.INTERRUPTED if interrupted else
+                  SweepStatus.COMPLETE if summary.complete else SweepStatus.PARTIAL)
         tags = {**{f"{Tag.SWEEP_COUNT_PREFIX}{k}": str(v) for k, v in counts.items()}, Tag.SWEEP_STATUS: status}
         self.client.log_batch(parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.log_text(parent_run_id, json.dumps(summary.to_dict(), indent=1), Artifact.SUMMARY)

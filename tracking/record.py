@@ -129,6 +129,15 @@ class Tag:
     OPTUNA_RETRY_OF: Final = "optuna_retry_of"
 
 
+class SweepStatus:
+    """Values of Tag.SWEEP_STATUS on a sweep's parent run."""
+
+    RUNNING: Final = "running"
+    COMPLETE: Final = "complete"
+    PARTIAL: Final = "partial"
+    INTERRUPTED: Final = "interrupted"
+
+
 class Role:
     """Values of Tag.ROLE and Tag.OPTUNA_ROLE."""
 
@@ -168,6 +177,8 @@ class Artifact:
     CONFIG: Final = "config.yaml"
     DESIGN: Final = "design.json"
     LAW: Final = "law.json"
+    PLAN: Final = "plan.txt"
+    """The step plan's batch changes and the LR factor each applies (schedules.describe_plan)."""
 
 
 class Checkpoint:

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import polars as pl
 
-from tracking.record import Metric, Param, Tag, compute
+from tracking.record import Artifact, Metric, Param, Tag, compute
 
 
 class LoadError(ValueError):
@@ -34,17 +34,17 @@ NAMED_TAGS = {
     Tag.SWEEP: "sweep",
     Tag.DESIGN: "design",
     Tag.PARENT_RUN: "parent_run_id",
-    Tag.STATUS_REASON: "status_reason",
-    Tag.STATUS_KIND: "status_kind",
-    Tag.GIT_COMMIT: "git_commit",
-    Tag.GIT_DIRTY: "git_dirty",
+    Tag.STATUS_REASON: Tag.STATUS_REASON,
+    Tag.STATUS_KIND: Tag.STATUS_KIND,
+    Tag.GIT_COMMIT: Tag.GIT_COMMIT,
+    Tag.GIT_DIRTY: Tag.GIT_DIRTY,
 }
 # Numeric run columns taken from params (design §4/§5): column -> param keys tried in order.
 PARAM_COLUMNS = {
     "N": (Param.N,),  # non-embedding parameters
     "N_total": (Param.N_TOTAL,),
     "B": (Param.B_TOKENS,),  # global batch, tokens
-    "B_sequences": (Param.B_SEQUENCES,),
+    Param.B_SEQUENCES: (Param.B_SEQUENCES,),
     "lr": (Param.LR,),  # peak learning rate
     "seq_len": (Param.SEQ_LEN, "model.seq_len"),
     "C_param": (Param.C,),
@@ -71,15 +71,15 @@ RUN_COLUMNS = {
     "status": pl.String,
     "start_time": pl.Datetime("ms", "UTC"), "end_time": pl.Datetime("ms", "UTC"),
     **{column: pl.String for column in NAMED_TAGS.values()},
-    "N": pl.Float64, "N_total": pl.Float64, "D": pl.Float64, "C": pl.Float64, "model_flops": pl.Float64,
+    "N": pl.Float64, "N_total": pl.Float64, "D": pl.Float64, "C": pl.Float64, MODEL_FLOPS: pl.Float64,
     "B": pl.Float64,
-    "B_sequences": pl.Float64, "lr": pl.Float64, "seq_len": pl.Float64,
+    Param.B_SEQUENCES: pl.Float64, "lr": pl.Float64, "seq_len": pl.Float64,
     "loss": pl.Float64, "final_val_loss": pl.Float64, "best_val_loss": pl.Float64, "final_train_loss": pl.Float64,
     "steps": pl.Int64,
 }
 CURVE_COLUMNS = {
     "run_id": pl.String, "metric": pl.String, "step": pl.Int64, "value": pl.Float64,
-    "timestamp": pl.Datetime("ms", "UTC"), "tokens": pl.Float64, "C": pl.Float64, "model_flops": pl.Float64,
+    "timestamp": pl.Datetime("ms", "UTC"), "tokens": pl.Float64, "C": pl.Float64, MODEL_FLOPS: pl.Float64,
 }
 
 
@@ -190,7 +190,7 @@ def _summary(artifact_uri: str | None) -> dict:
     parsed = urlparse(artifact_uri)
     if parsed.scheme not in ("", "file"):
         return {}
-    path = Path(unquote(parsed.path) if parsed.scheme == "file" else artifact_uri) / "summary.json"
+    path = Path(unquote(parsed.path) if parsed.scheme == "file" else artifact_uri) / Artifact.SUMMARY
     if not path.is_file():
         return {}
     try:
@@ -256,7 +256,7 @@ def assemble_runs(raw: RawRuns, filter_tags: Mapping[str, object] | None) -> pl.
         *(pl.col(c) if c in df.columns else pl.lit(None, dtype=pl.String).alias(c) for c in NAMED_TAGS.values()),
         *(param(keys).alias(column) for column, keys in PARAM_COLUMNS.items()),
         pl.col(TOKENS).alias("D"),
-        pl.col(MODEL_FLOPS).alias("model_flops"),
+        pl.col(MODEL_FLOPS),
         pl.col(VAL_LOSS).alias("final_val_loss"),
         pl.col(TRAIN_LOSS).alias("final_train_loss"),
     )
