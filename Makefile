@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first: the CPU build on local disk here; a GPU user installs their CUDA torch into .venv beforehand.
-	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet "torch>=2.5,<3"
+	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet "torch>=2.6,<3"
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
