@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-full test install install-dev clean
+.PHONY: demo demo-full test lint install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo-full: install
 
 test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The rule set is [tool.ruff] in pyproject.toml; CI runs this before the tests.
+lint: install-dev
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) .cache outputs multirun checkpoints mlflow.db mlruns mlartifacts

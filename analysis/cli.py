@@ -229,8 +229,9 @@ def _parser() -> argparse.ArgumentParser:
     cbs = sub.add_parser("cbs", parents=[common], help="critical batch size from branch runs, batch warmup")
     cbs.add_argument("--tolerance", type=_positive, default=CBS_TOLERANCE, help="relative loss excess allowed")
     cbs.add_argument("--reference", metavar="RUN_ID", help="MLflow: the branches of this reference run")
-    cbs.add_argument("--reference-B", type=_positive, metavar="B", help="reference batch (tokens); default: the branches' "
-                     f"{REFERENCE_B} when read from a store, else the smallest B of each checkpoint")
+    cbs.add_argument("--reference-B", type=_positive, metavar="B",
+                     help=f"reference batch (tokens); default: the branches' {REFERENCE_B} when read from a store, "
+                     "else the smallest B of each checkpoint")
     cbs.add_argument("--interpolate", action="store_true", help="interpolate the CBS between B_pass and B_fail")
     cbs.add_argument("--seq-len", type=int, help="sequence length of the planned run (tokens)")
     cbs.add_argument("--total-tokens", type=_positive, help="training tokens of the planned run")

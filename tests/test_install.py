@@ -24,7 +24,8 @@ SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "bui
 
 def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> str:
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (f"{' '.join(args)} exited {proc.returncode}:\n"
+                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc.stdout
 
 
