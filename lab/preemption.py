@@ -5,8 +5,9 @@ job before its time limit with the signal of ``--signal`` (submitit asks for USR
 A signal lands in the middle of an optimizer step, so during training ``Preemption`` only records it. At the end of
 that step (after any pruning report: it is the last callback but the checkpoint ones) every rank agrees to stop, the
 checkpoint of *this* step is written to ``last.ckpt`` (carrying the metrics the store has not yet taken:
-``lab.logger.PendingMetrics``), the MLflow run ends KILLED with ``status_reason = "preempted by SIGTERM after step S of …"``, and
-``Preempted`` is raised. ``resume=true`` then continues the same MLflow run from that step, every step recorded once.
+``lab.logger.PendingMetrics``), the MLflow run ends KILLED with
+``status_reason = "preempted by SIGTERM after step S of …"``, and ``Preempted`` is raised. ``resume=true`` then
+continues the same MLflow run from that step, every step recorded once.
 
 ``Preempted`` is a ``SystemExit``, as Lightning's own ``SIGTERMException``: the process was told to end, so it passes
 the ``except Exception`` of sweep jobs, Hydra and Optuna, and ends ``lab-train`` / ``lab-study`` with exit status

@@ -13,11 +13,11 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from lab.config import BatchConfig, ModelConfig
-from lab.train import CONF_DIR
+from lab.train import CONF_MODULE
 from sweeps.designs import (Base, DesignError, RunSpec, chinchilla_N, isoflop, log_space, lr_batch, sci,
                             size_tokens_grid, tokens_label, with_seeds)
 from sweeps.catalog import expand
@@ -165,7 +165,7 @@ def test_explicit_model_shape_is_refused():
     (["sweep=lr_batch"], 28),
 ])
 def test_shipped_configs_expand(overrides, n_runs):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         cfg = compose("lab_sweep", overrides=overrides, return_hydra_config=True)
     design = OmegaConf.to_container(cfg.hydra.sweeper.design)
     specs = expand(design, OmegaConf.to_object(cfg.model), OmegaConf.to_object(cfg.batch))

@@ -49,7 +49,7 @@ def worker(workdir: Path, cache: Path, study: str, storage: str, n_trials: int, 
 
 def finish(procs: list[subprocess.Popen]) -> list[str]:
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     return [out for out, _ in outs]
 
