@@ -37,8 +37,20 @@ def compose_config(overrides: Sequence[str] = ()) -> TrainConfig:
         return to_config(compose(config_name="train", overrides=list(overrides)))
 
 
-from typing import NoReturn
+class JobFailed(RuntimeError):
+    """A job of ``lab-train -m`` that cannot run: Hydra records it and runs the other jobs (a SystemExit would end
+    the whole multirun)."""
 
+
+def _fail(message: str, status: int) -> NoReturn:
+    """One line on stderr; then end the process (a single run) or only this job (a multirun)."""
+    print(message, file=sys.stderr, flush=True)
+    if HydraConfig.get().mode.name == "RUN":
+        sys.exit(status)
+    raise JobFailed(message)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
         typed = to_config(cfg)

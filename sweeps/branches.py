@@ -1,7 +1,8 @@
 """The critical-batch-size branch protocol (Merrill et al. 2025, "Critical Batch Size Revisited"), as a design.
 
 Per model size and seed, one *reference* run trains D tokens at the base batch b_ref and keeps a checkpoint at each
-token count T of ``checkpoint_tokens`` (``trainer.checkpoint_at_tokens``, lab.branching). From each checkpoint one
+token count T of ``checkpoint_tokens`` (``trainer.checkpoint_at_tokens``, lab.branching). From each
+checkpoint one
 *branch* per batch b of ``batch_sequences`` trains a window of W tokens with the lr of the reference's schedule
 times the rescale rule's factor of b/b_ref (``init.lr_rescale``: sqrt, linear or none). b_ref is always among the
 branches: that branch repeats the reference's own steps and is the comparison loss L_ref of its checkpoint, the
@@ -14,8 +15,8 @@ once every run of the stages before it finished. A branch names its checkpoint b
 ``${checkpoint_dir}/${tracking.experiment}/<reference run name>/tokens-<T>.ckpt``, resolved when its config is
 composed, so the design stays a pure function of its inputs.
 
-Every branch of a checkpoint sees the same tokens (lab.branching), so their losses at T + W differ only by batch size and
-lr. Names: ``cbs-N<N>-D<D>-B<b_ref>-ref-s<seed>`` and ``cbs-N<N>-D<D>-T<T>-B<b>-W<W>-s<seed>`` (B in tokens).
+Every branch of a checkpoint sees the same tokens (lab.branching), so their losses at T + W differ only by batch size
+and lr. Names: ``cbs-N<N>-D<D>-B<b_ref>-ref-s<seed>`` and ``cbs-N<N>-D<D>-T<T>-B<b>-W<W>-s<seed>`` (B in tokens).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def _as_tokens(name: str, value: float) -> int:
 
 def checkpoint_override(reference_name: str, T: int) -> str:
     """The branch's ``init.checkpoint`` override, resolved against the composed config of the branch run."""
-    return f"init.checkpoint='${{checkpoint_dir}}/${{tracking.experiment}}/{reference_name}/{Checkpoint.branch_point(T)}'"
+    path = f"${{checkpoint_dir}}/${{tracking.experiment}}/{reference_name}/{Checkpoint.branch_point(T)}"
+    return f"init.checkpoint='{path}'"
 
 
 def cbs(base: Base, tokens: float, checkpoint_tokens: Sequence[float], window_tokens: float,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sweeps.designs import RunSpec
-from tracking.record import Checkpoint, FailureKind, Metric, Param, Tag
+from tracking.record import Checkpoint, FailureKind, Metric, Tag
 
 # Task overrides that do not change what a run computes, left out of the sweep id.
 NEUTRAL_KEYS = ("trainer.threads", "trainer.progress_bar", "tracking.uri", "checkpoint_dir", "data.cache_dir")

@@ -18,8 +18,9 @@ COMMON_WORDS = frozenset({"seed", "role", "reference", "point", "budget", "desig
                           "tokens_per_param", "checkpoint_tokens", "optim.lr", "running",
                           "complete"})
 """Values that are also plain words of the code or names of config fields and frame columns (an argparse
-subcommand ``cbs``, a JSON key ``design``, ``budget.flops``, ``model.seq_len``, ``optim.lr``, the CBS frame's ``checkpoint_tokens``
-column): as literals they are not checked; the tags and designs they name are written through the namespaces."""
+subcommand ``cbs``, a JSON key ``design``, ``budget.flops``, ``model.seq_len``, ``optim.lr``, the CBS frame's
+``checkpoint_tokens`` column): as literals they are not checked; the tags and designs they name are written through
+the namespaces."""
 
 
 def vocabulary() -> dict[str, str]:

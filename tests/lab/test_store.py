@@ -82,5 +82,6 @@ def test_an_unreachable_store_fails_after_the_timeout_naming_it(monkeypatch):
 
 
 def test_tracking_does_not_import_lightning():
-    code = "import sys, tracking.store, tracking.buffer, tracking.runs; sys.exit(1 if 'lightning' in sys.modules or 'torch' in sys.modules else 0)"
+    code = ("import sys, tracking.store, tracking.buffer, tracking.runs; "
+            "sys.exit(1 if 'lightning' in sys.modules or 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -85,7 +85,8 @@ def test_one_C_in_params_summaries_and_the_loader(joblib_sweep):
     from analysis.load import load_runs
 
     workdir, summary, client = joblib_sweep
-    frame = load_runs(f"sqlite:///{workdir}/mlflow.db", experiment="smoke_sweep", filter_tags={"sweep": summary.sweep_id})
+    frame = load_runs(f"sqlite:///{workdir}/mlflow.db", experiment="smoke_sweep",
+                      filter_tags={"sweep": summary.sweep_id})
     assert frame.height == 4 and "model_flops" in frame.columns
     for row in frame.iter_rows(named=True):
         run = client.get_run(row["run_id"])
