@@ -12,7 +12,7 @@ from analysis.laws import FORMS, allocation_exponents, compute_optimal
 from analysis.laws.isoflop import predict_optimal
 from analysis.laws.loglinear import prediction_interval
 from analysis.validate import PointsError
-from app import data, fits, ui
+from app import data, fits, selection, ui
 
 FINAL, VALIDATION = "final loss of each run", "every validation point"
 
@@ -20,6 +20,7 @@ st.set_page_config(page_title="Loss laws", layout="wide")
 uri, all_runs = ui.store_sidebar()
 runs = ui.run_filters(all_runs)
 st.title("Loss laws")
+ui.begin_exports("loss laws")  # what an earlier run of this page registered may no longer be what it shows
 
 source = ui.source_picker("loss", ("N", "D", "loss"), "tests/data/chinchilla_points.csv")
 c1, c2, c3, c4 = st.columns([2, 3, 1, 1])
@@ -27,19 +28,23 @@ if source == "store":
     mode = c1.radio("Points", [FINAL, VALIDATION], key="loss_mode",
                     help="Validation points: every val/loss of every run at the tokens seen then (for ladders too "
                          "small to fit on final losses; a decaying schedule makes early points pessimistic)")
-    final = data.final_points(runs)
-    points = final if mode == FINAL else data.validation_points(uri, runs)
+    chosen = selection.pick(runs, "loss", "loss")
+    final = chosen.points.frame
+    points = final if mode == FINAL else data.validation_points(uri, chosen.points)
 else:
-    mode = FINAL
+    mode, chosen = FINAL, None
     points = final = data.table(source, ("N", "D", "loss"))
 form = c2.selectbox("Form", list(FORMS), key="loss_form", format_func=lambda f: f"{f}:  {FORMS[f].formula}")
 bootstrap = int(c3.number_input("Bootstrap", 0, 4000, 200, step=100, key="loss_bootstrap"))
 exclude = int(c4.number_input("Drop top-loss points", 0, 1000, 0, key="loss_exclude"))
 st.caption(f"{points.height} points from {points['run_id'].n_unique() if 'run_id' in points.columns else points.height} "
            f"runs; N from {ui.fmt(points['N'].min())} to {ui.fmt(points['N'].max())}")
+if chosen is not None:
+    selection.show_feed(chosen)
 if points.height == 0:
     st.info("No finished runs with N, D and a validation loss pass the filters.")
     st.stop()
+provenance = ui.provenance(uri, chosen, source)
 
 tab_fit, tab_iso, tab_holdout = st.tabs(["Fit", "IsoFLOP and frontier", "Held-out check"])
 
@@ -64,8 +69,9 @@ with tab_fit:
         fig_res = plots.residuals(points, fit)
         ui.chart(fig_res, key="loss_residuals")
         figures["residuals"] = fig_res
+        settings = {"form": form, "bootstrap": bootstrap, "exclude_top_loss": exclude, "points": mode}
         ui.register("loss laws", laws={f"loss_law_{fit.form}": fit.to_dict()}, figures=figures,
-                    tables={"loss_points": points})
+                    tables={"loss_points": points}, provenance={**provenance, "settings": settings})
 
 with tab_iso:
     rel_tol = st.select_slider("Runs share a budget when their C differ by less than", [0.01, 0.02, 0.05, 0.1,
@@ -75,7 +81,9 @@ with tab_iso:
         iso = fits.isoflop_fit(final, bootstrap, rel_tol)
     except PointsError as err:
         st.warning(f"No IsoFLOP fit: {err}")
-    ui.chart(plots.isoflop_profiles(final, iso, rel_tol), key="iso_profiles")
+    fig_iso = plots.isoflop_profiles(final, iso, rel_tol)
+    ui.chart(fig_iso, key="iso_profiles")
+    ui.register("loss laws", figures={"isoflop_profiles": fig_iso}, provenance=provenance)
     chinchilla = fit if fit is not None and fit.form == "chinchilla" else None
     if iso is not None:
         ui.show_law(iso.N_law, "N*(C) from the IsoFLOP minima")
@@ -85,6 +93,7 @@ with tab_iso:
         c_max = float(final["C"].max())
         target = st.number_input("Extrapolate to a budget C (FLOPs)", min_value=1.0, value=float(f"{c_max * 100:.1e}"),
                                  format="%.3e", key="iso_target")
+        ui.warn_extrapolation(target, c_max, "budget C")
         cols = st.columns(3)
         if iso is not None:
             a = predict_optimal(iso, target)
@@ -92,6 +101,7 @@ with tab_iso:
             cols[0].caption(f"N* = {ui.interval(a.N, a.N_ci95)}")
             cols[1].caption(f"D* = {ui.interval(a.D, a.D_ci95)}; D*/N* = "
                             f"{ui.interval(a.tokens_per_param, a.tokens_per_param_ci95)}")
+            ui.warn_tokens_per_param(a.tokens_per_param)
         if chinchilla is not None:
             row = compute_optimal(chinchilla, [target]).row(0, named=True)
             _, lo, hi = (float(v) for v in prediction_interval(chinchilla, row["N_opt"], row["D_opt"]))
@@ -105,7 +115,10 @@ with tab_iso:
         fig_frontier = plots.compute_frontier(iso, chinchilla, target_C=target)
         ui.chart(fig_frontier, key="iso_frontier")
         ui.register("loss laws", laws={"isoflop": iso.to_dict()} if iso is not None else {},
-                    figures={"frontier": fig_frontier}, tables={"isoflop_budgets": iso.budgets} if iso else {})
+                    figures={"frontier": fig_frontier, "isoflop_profiles": fig_iso},
+                    tables={"isoflop_budgets": iso.budgets} if iso else {},
+                    provenance={**provenance, "settings": {"rel_tol": rel_tol, "bootstrap": bootstrap,
+                                                           "target_C": target}})
 
 with tab_holdout:
     cs = np.unique(points["C"].cast(pl.Float64).to_numpy())
@@ -115,6 +128,10 @@ with tab_holdout:
         default = cs[int(0.8 * (cs.size - 1))]
         threshold = st.select_slider("Fit on C below, predict C at or above", list(cs), value=default,
                                      key="holdout_C", format_func=lambda v: f"{v:.3g}")
+        below = cs[cs < threshold]
+        if below.size and below.max() > threshold * (1 - 0.05):
+            st.warning(f"C = {below.max():.3g} and {threshold:.3g} differ by less than 5%: one budget is likely split "
+                       "between the fit and the held-out runs; move the threshold to a gap between budgets")
         try:
             report = fits.holdout(points, form, float(threshold), bootstrap, mode == VALIDATION)
         except (PointsError, RuntimeError) as err:
@@ -126,4 +143,6 @@ with tab_holdout:
             cols[2].metric("Max |relative error|", f"{report.max_abs_rel_error:.2%}")
             ui.chart(plots.holdout(report.frame, report.C_threshold), key="holdout_fig")
             ui.table(report.frame)
-            ui.register("loss laws", laws={"holdout": report.summary()}, tables={"holdout": report.frame})
+            ui.register("loss laws", laws={"holdout": report.summary()}, tables={"holdout": report.frame},
+                        provenance={**provenance, "settings": {"form": form, "C_threshold": float(threshold),
+                                                               "bootstrap": bootstrap}})
