@@ -97,5 +97,7 @@ def page_zip() -> bytes:
     return export.zip_bytes(everything)
 
 
+st.session_state["export_file_names"] = ["runs-filtered.csv", "runs-filtered.parquet", *files, *figures,
+                                         "scaling-lab-export.zip"]  # what this page offers, by name
 st.download_button("All of the above (ZIP)", page_zip, "scaling-lab-export.zip", "application/zip",
                    key="dl_zip", on_click="ignore")
