@@ -15,10 +15,9 @@ import streamlit as st
 
 from analysis import points
 from analysis.points import Points
-from app import data
+from app import data, pages
 
 ALL = "all runs passing the filters"
-RUNS_PAGE = "pages/1_Runs.py"
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def show_feed(selection: Selection) -> None:
     c1, c2 = st.columns([4, 1])
     c1.caption(f"**{n} runs** of {where} feed this fit.")
     if selection.sweep:
-        c2.page_link(RUNS_PAGE, label="See them on Runs", query_params={"sweep": selection.sweep})
+        c2.page_link(pages.RUNS.path, label="See them on Runs", query_params={"sweep": selection.sweep})
     for note in found.notes:
         st.caption(note)
     for warning in found.mixed:

@@ -21,7 +21,7 @@ from analysis.laws.cbs import fit_cbs_curve, local_cbs
 from analysis.laws.hparams import fit_hparams, predict_hparams
 from analysis.laws.isoflop import fit_isoflop
 from analysis.load import load_curves, load_runs, load_table
-from app import export
+from app import export, pages
 from app.ui import fmt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def open_page(uri: str, page: str | None, monkeypatch) -> AppTest:
     monkeypatch.setenv("LAB_TRACKING_URI", uri)
     at = AppTest.from_file(str(ROOT / "app" / "Home.py"), default_timeout=240).run()
     if page:
-        at.switch_page(f"pages/{page}").run()
+        at.switch_page(page).run()
     return checked(at)
 
 
@@ -92,7 +92,7 @@ def test_home_summarises_the_store(store_uri, monkeypatch):
 
 
 def test_runs_page_curves_come_from_the_store_and_follow_the_widgets(store_uri, monkeypatch):
-    at = open_page(store_uri, "1_Runs.py", monkeypatch)
+    at = open_page(store_uri, pages.RUNS.path, monkeypatch)
     assert at.dataframe[0].value.shape[0] == 16
     # opens on all runs of the most recent sweep of finished runs, curves loaded for them only
     assert at.selectbox(key="runs_sweep").value == "lr_batch"
@@ -127,7 +127,7 @@ def test_runs_page_curves_come_from_the_store_and_follow_the_widgets(store_uri, 
 
 
 def test_loss_law_page_fits_the_grid_sweep_as_lab_fit_does_and_reacts_to_form_and_points(store_uri, monkeypatch):
-    at = open_page(store_uri, "2_Loss_laws.py", monkeypatch)
+    at = open_page(store_uri, pages.LOSS_LAWS.path, monkeypatch)
     assert at.selectbox(key="loss_sweep").value == "ladder"  # the most recent sweep of design grid or isoflop
     expected = lab_fit("loss", "--tracking-uri", store_uri, "--sweep", "ladder", "--bootstrap", 200)
     text = shown(at)
@@ -165,7 +165,7 @@ def test_loss_law_page_fits_the_grid_sweep_as_lab_fit_does_and_reacts_to_form_an
 
 
 def test_loss_law_page_on_a_table_gives_isoflop_minima_and_frontier(store_uri, monkeypatch):
-    at = open_page(store_uri, "2_Loss_laws.py", monkeypatch)
+    at = open_page(store_uri, pages.LOSS_LAWS.path, monkeypatch)
     at.radio(key="loss_source").set_value("a CSV/Parquet table").run()
     at.text_input(key="loss_path").input(str(CHINCHILLA)).run()
     at.number_input(key="loss_bootstrap").set_value(50).run()
@@ -185,7 +185,7 @@ def test_loss_law_page_on_a_table_gives_isoflop_minima_and_frontier(store_uri, m
 
 def test_hyperparameter_page_fits_the_lr_batch_sweep_as_lab_fit_does_and_answers_the_calculator(store_uri,
                                                                                                   monkeypatch):
-    at = open_page(store_uri, "3_Hyperparameters.py", monkeypatch)
+    at = open_page(store_uri, pages.HYPERPARAMETERS.path, monkeypatch)
     assert at.selectbox(key="hp_sweep").value == "lr_batch"
     expected = lab_fit("hparams", "--tracking-uri", store_uri, "--sweep", "lr_batch", "--bootstrap", 200)
     text = shown(at)
@@ -223,7 +223,7 @@ def branch_table(path: Path) -> Path:
 
 
 def test_cbs_page_shows_noise_scale_and_fits_branch_cbs(store_uri, monkeypatch, tmp_path):
-    at = open_page(store_uri, "4_Critical_batch_size.py", monkeypatch)
+    at = open_page(store_uri, pages.CRITICAL_BATCH_SIZE.path, monkeypatch)
     picked = at.multiselect(key="cbs_runs").value
     noise = load_curves(store_uri, run_ids=picked, metrics=["noise/b_simple"])
     fig = figure(at, "cbs_noise")
@@ -277,7 +277,7 @@ def branch_store(directory: Path) -> str:
 
 def test_cbs_page_fits_the_branch_sweep_as_lab_fit_does_with_the_runs_settings(tmp_path, monkeypatch):
     uri = branch_store(tmp_path)
-    at = open_page(uri, "4_Critical_batch_size.py", monkeypatch)
+    at = open_page(uri, pages.CRITICAL_BATCH_SIZE.path, monkeypatch)
     assert at.selectbox(key="cbs_sweep").value == "cbs-1"
     expected = lab_fit("cbs", "--tracking-uri", uri, "--sweep", "cbs-1", "--bootstrap", 200)
     text = shown(at)
@@ -292,8 +292,8 @@ def test_cbs_page_fits_the_branch_sweep_as_lab_fit_does_with_the_runs_settings(t
 
 
 def test_export_page_offers_the_session_s_laws_with_their_provenance_and_never_a_stale_one(store_uri, monkeypatch):
-    at = open_page(store_uri, "2_Loss_laws.py", monkeypatch)
-    at.switch_page("pages/5_Export.py").run()
+    at = open_page(store_uri, pages.LOSS_LAWS.path, monkeypatch)
+    at.switch_page(pages.EXPORT.path).run()
     buttons = {b.proto.label: b.proto for b in checked(at).get("download_button")}
     assert {"Runs (CSV)", "Runs (Parquet)", "Fitted laws (JSON)", "HTML", "All of the above (ZIP)"} <= set(buttons)
     names = at.session_state["export_file_names"]

@@ -11,7 +11,6 @@ import streamlit as st
 
 from app import export, ui
 
-st.set_page_config(page_title="Export", layout="wide")
 uri, all_runs = ui.store_sidebar()
 runs = ui.run_filters(all_runs)
 st.title("Export")

@@ -17,7 +17,6 @@ from app import data, ui
 PICK = "runs picked below"
 MAX_PLOTTED = 50
 
-st.set_page_config(page_title="Runs", layout="wide")
 uri, all_runs = ui.store_sidebar()
 runs = ui.run_filters(all_runs)
 

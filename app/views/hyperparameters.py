@@ -26,7 +26,6 @@ def edge_cells(points: pl.DataFrame, cells: pl.DataFrame) -> list[str]:
     return found
 
 
-st.set_page_config(page_title="Hyperparameters", layout="wide")
 uri, all_runs = ui.store_sidebar()
 runs = ui.run_filters(all_runs)
 st.title("Hyperparameters")

@@ -13,7 +13,6 @@ from tracking.record import Tag
 from analysis.points import DEFAULT_GRANULARITY, cbs_settings
 from app import data, fits, selection, ui
 
-st.set_page_config(page_title="Critical batch size", layout="wide")
 uri, all_runs = ui.store_sidebar()
 runs = ui.run_filters(all_runs)
 st.title("Critical batch size")

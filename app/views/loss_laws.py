@@ -16,7 +16,6 @@ from app import data, fits, selection, ui
 
 FINAL, VALIDATION = "final loss of each run", "every validation point"
 
-st.set_page_config(page_title="Loss laws", layout="wide")
 uri, all_runs = ui.store_sidebar()
 runs = ui.run_filters(all_runs)
 st.title("Loss laws")
