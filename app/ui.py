@@ -177,6 +177,16 @@ def begin_exports(section: str) -> None:
     st.session_state.setdefault("exports", {})[section] = {"laws": {}, "figures": {}, "tables": {}, "provenance": {}}
 
 
+def begin_page_exports(sections: tuple[str, ...], signature: Any) -> None:
+    """Forget what the page's sections (tabs) registered when what they all rest on (points, shared settings:
+    `signature`) changed since: a tab not open now keeps its exports only while they still describe the page."""
+    seen = st.session_state.setdefault("export_signatures", {})
+    if seen.get(sections[0]) != repr(signature):
+        for section in sections:
+            begin_exports(section)
+        seen[sections[0]] = repr(signature)
+
+
 def current_filters() -> dict[str, Any]:
     """The sidebar's filters in force (kept under filter_* session keys)."""
     return {k.removeprefix("filter_"): v for k, v in sorted(st.session_state.items())

@@ -157,7 +157,9 @@ def test_loss_law_page_fits_the_grid_sweep_as_lab_fit_does_and_reacts_to_form_an
     n_val = load_curves(store_uri, metrics=["val/loss"]).join(points.select("run_id"), on="run_id").height
     assert f"{n_val} points from 6 runs" in shown(checked(at))
     assert len(figure(at, "loss_points")["data"][0]["x"]) == n_val
-    held_out = {m.label: m.value for m in at.metric}
+    assert not at.metric  # lazy tabs: the held-out check is not computed until its tab is open
+    at.session_state["loss_tab"] = "Held-out check"
+    held_out = {m.label: m.value for m in checked(at.run()).metric}
     assert int(held_out["Held-out runs"]) > 0 and held_out["Mean |relative error|"].endswith("%")
 
     at.selectbox(key="loss_sweep").set_value("all runs passing the filters").run()  # lr x B runs are no points
@@ -169,6 +171,8 @@ def test_loss_law_page_on_a_table_gives_isoflop_minima_and_frontier(store_uri, m
     at.radio(key="loss_source").set_value("a CSV/Parquet table").run()
     at.text_input(key="loss_path").input(str(CHINCHILLA)).run()
     at.number_input(key="loss_bootstrap").set_value(50).run()
+    at.session_state["loss_tab"] = "IsoFLOP and frontier"
+    at.run()
     at.select_slider(key="iso_tol").set_value(0.15).run()
     iso = fit_isoflop(load_table(CHINCHILLA), bootstrap=50, rel_tol=0.15)
     text = shown(checked(at))
@@ -293,12 +297,14 @@ def test_cbs_page_fits_the_branch_sweep_as_lab_fit_does_with_the_runs_settings(t
 
 def test_export_page_offers_the_session_s_laws_with_their_provenance_and_never_a_stale_one(store_uri, monkeypatch):
     at = open_page(store_uri, pages.LOSS_LAWS.path, monkeypatch)
+    at.session_state["loss_tab"] = "IsoFLOP and frontier"
+    checked(at.run())
     at.switch_page(pages.EXPORT.path).run()
     buttons = {b.proto.label: b.proto for b in checked(at).get("download_button")}
     assert {"Runs (CSV)", "Runs (Parquet)", "Fitted laws (JSON)", "HTML", "All of the above (ZIP)"} <= set(buttons)
     names = at.session_state["export_file_names"]
     assert len(names) == len(set(names)), "two exports share a file name"
-    assert "loss-laws-isoflop-profiles.html" in names  # every figure of the page, the IsoFLOP one included
+    assert "isoflop-isoflop-profiles.html" in names  # every figure of the page, the IsoFLOP one included
     exports = at.session_state["exports"]
     law = exports["loss laws"]["laws"]["loss_law_chinchilla"]
     provenance = exports["loss laws"]["provenance"]["laws/loss_law_chinchilla"]
