@@ -49,10 +49,10 @@ CHECKPOINT_TOKENS = f"tag.{Tag.CHECKPOINT_TOKENS}"
 REFERENCE_B = f"param.{Param.BRANCH_B_REF}"
 """Column of the runs frame holding the reference run's batch (tokens), a param of every branch."""
 BUDGET = f"tag.{Tag.BUDGET}"
-POINT_COLUMNS = ("run_id", "run_name", "sweep", "N", "D", "C", "B", "lr", "loss")
+POINT_COLUMNS = ("run_id", "run_name", SWEEP, "N", "D", "C", "B", "lr", "loss")
 """Columns of a frame of (N, D) points (design §4), plus the run and sweep each comes from."""
 NEEDED = {"loss": ("N", "D", "loss"), "isoflop": ("N", "D", "loss"), "hparams": ("N", "D", "lr", "B", "loss")}
-BRANCH_COLUMNS = ("run_id", "run_name", "sweep", "checkpoint_tokens", "B", "loss", "B_ref", "reference", "seq_len",
+BRANCH_COLUMNS = ("run_id", "run_name", SWEEP, "checkpoint_tokens", "B", "loss", "B_ref", "reference", "seq_len",
                   "micro_batch")
 
 

@@ -14,7 +14,7 @@ import polars as pl
 import streamlit as st
 
 from analysis import points
-from analysis.points import Points
+from analysis.points import DESIGN, SWEEP, Points
 from app import data, pages
 
 ALL = "all runs passing the filters"
@@ -40,18 +40,18 @@ def pick(runs: pl.DataFrame, law: str, key: str) -> Selection:
     """The sweep picker of a law page and its points. Default: the most recent sweep made for the law, or every run
     passing the filters when no run records such a design (runs trained by hand)."""
     made_for = points.sweeps_for(runs, law)
-    others = sorted(s for s in runs["sweep"].drop_nulls().unique().to_list() if s not in made_for)
+    others = sorted(s for s in runs[SWEEP].drop_nulls().unique().to_list() if s not in made_for)
     options = [*made_for, *others, ALL]
     wanted = st.query_params.get("sweep")  # a deep link to a sweep made for this law; other sweeps are picked here
     index = made_for.index(wanted) if wanted in made_for else (0 if made_for else len(options) - 1)
-    designs = dict(runs.select("sweep", "design").drop_nulls("sweep").unique("sweep").iter_rows()) \
-        if "design" in runs.columns else {}
+    designs = dict(runs.select(SWEEP, DESIGN).drop_nulls(SWEEP).unique(SWEEP).iter_rows()) \
+        if DESIGN in runs.columns else {}
     sweep = st.selectbox(
         "Sweep fitted", options, index=index, key=f"{key}_sweep",
         format_func=lambda s: s if s == ALL else f"{s} (design {designs.get(s) or 'not recorded'})",
         help=f"By default the most recent sweep whose design is made for this law ({', '.join(points.LAW_DESIGNS[law])}"
              "), as `lab-fit --sweep` would be given; the runs also pass the sidebar's filters")
-    chosen = runs if sweep == ALL else runs.filter(pl.col("sweep") == sweep)
+    chosen = runs if sweep == ALL else runs.filter(pl.col(SWEEP) == sweep)
     found = data.law_points(chosen, law)
     filters = {k.removeprefix("filter_"): v for k, v in st.session_state.items()
                if isinstance(k, str) and k.startswith("filter_") and v}

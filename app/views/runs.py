@@ -11,7 +11,7 @@ import polars as pl
 import streamlit as st
 
 from analysis import plots
-from analysis.points import branch_runs
+from analysis.points import SWEEP, branch_runs
 from app import data, ui
 
 PICK = "runs picked below"
@@ -27,11 +27,11 @@ ui.register("runs", tables={"runs": ui.run_table(runs)}, provenance={"store": ur
 # Sweeps most recent first; sweeps of runs trained from scratch before those of CBS branches (a few points each)
 # and before sweeps whose runs all failed.
 branch_ids = set(branch_runs(runs)["run_id"].to_list())
-order = (runs.drop_nulls("sweep").with_columns(branch=pl.col("run_id").is_in(list(branch_ids)),
+order = (runs.drop_nulls(SWEEP).with_columns(branch=pl.col("run_id").is_in(list(branch_ids)),
                                                 failed=pl.col("status") != "FINISHED")
-         .group_by("sweep").agg(pl.col("branch").all(), pl.col("failed").all(), pl.col("start_time").max())
+         .group_by(SWEEP).agg(pl.col("branch").all(), pl.col("failed").all(), pl.col("start_time").max())
          .sort(["branch", "failed", "start_time"], descending=[False, False, True], nulls_last=True))
-sweeps = order["sweep"].to_list()
+sweeps = order[SWEEP].to_list()
 linked_runs = [r for r in (st.query_params.get("runs") or "").split(",") if r in set(runs["run_id"].to_list())]
 linked_sweep = st.query_params.get("sweep")
 options = [*sweeps, PICK]
@@ -43,7 +43,7 @@ if sweep == PICK:
     default = linked_runs or ui.default_runs(runs)
     st.query_params.pop("sweep", None)
 else:
-    default = runs.filter(pl.col("sweep") == sweep).sort("run_name")["run_id"].head(MAX_PLOTTED).to_list()
+    default = runs.filter(pl.col(SWEEP) == sweep).sort("run_name")["run_id"].head(MAX_PLOTTED).to_list()
     if sweep != options[0] or linked_sweep:  # a deep link to what is shown; the default needs none
         st.query_params["sweep"] = sweep
 picked = st.multiselect("Runs to plot and compare (curves are loaded for these only)", list(labels),
