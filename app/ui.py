@@ -212,6 +212,16 @@ def register(section: str, laws: dict[str, Any] | None = None, figures: dict[str
             section_exports["provenance"][f"{kind}/{name}"] = provenance or {}
 
 
+def read_table(path: str, required: tuple[str, ...]) -> pl.DataFrame:
+    """The table at `path` (app.data.table); a path that cannot be read stops the page with one clear error."""
+    try:
+        return data.table(path, required)
+    except (LoadError, OSError) as err:
+        st.error(f"Cannot read the table {path!r}: {err}")
+        st.stop()
+        raise  # not reached: st.stop ends the script run
+
+
 def source_picker(key: str, table_columns: tuple[str, ...], example: str) -> str:
     """Radio "runs in the store" / "table file"; returns "store" or the table path."""
     choice = st.radio("Points from", ["runs in the store", "a CSV/Parquet table"], key=f"{key}_source",

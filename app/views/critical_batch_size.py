@@ -33,8 +33,7 @@ if noise.height:
                 "run_name", "N", "B", "at_tokens", "B_simple_last"))
     ui.table(last)
     ui.register("critical batch size", figures={"noise_scale": fig_noise},
-                provenance=ui.provenance(uri, None, "noise scale of the runs picked") | {"store": uri,
-                                                                                     "run_ids": sorted(picked)})
+                provenance={"store": uri, "filters": ui.current_filters(), "run_ids": sorted(picked)})
 else:
     st.info("Pick runs that recorded noise/b_simple.")
 
@@ -48,7 +47,7 @@ if source == "store":
     selection.show_feed(chosen)
     settings = cbs_settings(all_runs, chosen.points)
 else:
-    branches = data.table(source, ("checkpoint_tokens", "B", "loss"))
+    branches = ui.read_table(source, ("checkpoint_tokens", "B", "loss"))
 provenance = ui.provenance(uri, chosen, source)
 c1, c2 = st.columns(2)
 tolerance = c1.number_input("ε: a branch is as good as the reference within", 0.001, 0.5, CBS_TOLERANCE,

@@ -33,7 +33,7 @@ ui.begin_exports("hyperparameters")  # what an earlier run of this page register
 
 source = ui.source_picker("hp", ("N", "D", "lr", "B", "loss"), "landscape.csv")
 chosen = selection.pick(runs, "hparams", "hp") if source == "store" else None
-points = chosen.points.frame if chosen else data.table(source, ("N", "D", "lr", "B", "loss"))
+points = chosen.points.frame if chosen else ui.read_table(source, ("N", "D", "lr", "B", "loss"))
 c1, c2, c3 = st.columns(3)
 tolerance = c1.number_input("Plateau: within this fraction of the best loss", 0.0001, 0.5, PLATEAU_TOLERANCE,
                             step=0.0005, format="%.4f", key="hp_tolerance")

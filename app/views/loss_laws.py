@@ -31,7 +31,7 @@ if source == "store":
     points = final if mode == FINAL else data.validation_points(uri, chosen.points)
 else:
     mode, chosen = FINAL, None
-    points = final = data.table(source, ("N", "D", "loss"))
+    points = final = ui.read_table(source, ("N", "D", "loss"))
 form = c2.selectbox("Form", list(FORMS), key="loss_form", format_func=lambda f: f"{f}:  {FORMS[f].formula}")
 bootstrap = int(c3.number_input("Bootstrap", 0, 4000, 200, step=100, key="loss_bootstrap"))
 exclude = int(c4.number_input("Drop top-loss points", 0, 1000, 0, key="loss_exclude"))

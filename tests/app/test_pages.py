@@ -376,3 +376,12 @@ def test_lab_fit_and_the_dashboard_data_layer_take_the_same_points(store_uri):
         dashboard = data.law_points(runs.filter(pl.col("sweep") == sweep), law).frame.sort("run_id")
         assert cli.height > 0 and cli.equals(dashboard), law
         assert (dashboard["C"] == 6 * dashboard["N"] * dashboard["D"]).all()
+
+
+def test_a_missing_table_path_is_one_clear_error_not_a_traceback(store_uri, monkeypatch, tmp_path):
+    at = open_page(store_uri, pages.LOSS_LAWS.path, monkeypatch)
+    at.radio(key="loss_source").set_value("a CSV/Parquet table").run()
+    at.text_input(key="loss_path").input(str(tmp_path / "missing.csv")).run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert "missing.csv" in error and error.startswith("Cannot read the table")
