@@ -150,11 +150,23 @@ def law_table(fit: FitResult) -> pl.DataFrame:
 
 
 def table(df: pl.DataFrame, **kwargs: Any) -> None:
-    """st.dataframe with floats shown to 4 significant digits (N, D, C span many decades), integers with
-    thousands separators."""
-    formats = {c: st.column_config.NumberColumn(format="%.4g" if t.is_float() else "localized")
-               for c, t in df.schema.items() if t.is_numeric()}
+    """st.dataframe with floats shown to 4 significant digits (N, D, C span many decades: `number_format`),
+    integers with thousands separators."""
+    formats = {c: st.column_config.NumberColumn(format=number_format(df[c])) for c, t in df.schema.items()
+               if t.is_numeric()}
     st.dataframe(df, hide_index=True, column_config=formats, **kwargs)
+
+
+def number_format(column: pl.Series) -> str:
+    """A column's display format: 4 significant digits, in scientific notation where the values span beyond
+    1e-3..1e5 (Streamlit's "%.4g" prints 6.728e10 as 67280000000), thousands separators for integers."""
+    if not column.dtype.is_float():
+        return "localized"
+    values = column.drop_nulls().abs()
+    values = values.filter(values.is_finite() & (values > 0))
+    if values.len() and (values.max() >= 1e5 or values.min() < 1e-3):
+        return "%.3e"
+    return "%.4g"
 
 
 def show_law(fit: FitResult, title: str) -> None:

@@ -385,3 +385,11 @@ def test_a_missing_table_path_is_one_clear_error_not_a_traceback(store_uri, monk
     assert not at.exception
     (error,) = [e.value for e in at.error]
     assert "missing.csv" in error and error.startswith("Cannot read the table")
+
+
+def test_tables_print_large_and_small_numbers_readably():
+    from app.ui import number_format
+
+    assert number_format(pl.Series([6.728e10, 3.0])) == "%.3e"  # not 67280000000
+    assert number_format(pl.Series([3.079, 1.8])) == "%.4g"
+    assert number_format(pl.Series([20, 40])) == "localized"
