@@ -81,12 +81,16 @@ if tab_iso.open:  # lazy tabs: a widget change recomputes the open tab only
         rel_tol = st.select_slider("Runs share a budget when their C differ by less than", [0.01, 0.02, 0.05, 0.1,
                                    0.15, 0.2, 0.3], value=0.05, key="iso_tol", format_func=lambda v: f"{v:.0%}")
         ui.begin_exports("isoflop")
+        # lab-fit isoflop's points: these runs with the budget an IsoFLOP sweep tagged each with (analysis.points)
+        iso_points = final if chosen is None else data.law_points(chosen.points.runs, "isoflop").frame
+        if "budget" in iso_points.columns and iso_points["budget"].null_count():
+            iso_points = iso_points.drop("budget")
         iso = None
         try:
-            iso = fits.isoflop_fit(final, bootstrap, rel_tol)
+            iso = fits.isoflop_fit(iso_points, bootstrap, rel_tol)
         except PointsError as err:
             st.warning(f"No IsoFLOP fit: {err}")
-        fig_iso = plots.isoflop_profiles(final, iso, rel_tol)
+        fig_iso = plots.isoflop_profiles(iso_points, iso, rel_tol)
         ui.chart(fig_iso, key="iso_profiles")
         ui.register("isoflop", figures={"isoflop_profiles": fig_iso}, provenance=provenance)
         current = None

@@ -393,3 +393,38 @@ def test_tables_print_large_and_small_numbers_readably():
     assert number_format(pl.Series([6.728e10, 3.0])) == "%.3e"  # not 67280000000
     assert number_format(pl.Series([3.079, 1.8])) == "%.4g"
     assert number_format(pl.Series([20, 40])) == "localized"
+
+
+def isoflop_store(directory: Path) -> str:
+    """An IsoFLOP sweep as lab-sweep tags it (design isoflop, budget C per run): 3 budgets x 5 sizes on the
+    Chinchilla law (0.2% noise)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric as M, Param as P
+
+    from tracking.record import Design, Metric, Param, Tag
+
+    uri = f"sqlite:///{directory}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("iso", artifact_location=(directory / "artifacts").as_uri())
+    rng = np.random.default_rng(0)
+    for C in (1e19, 1e20, 1e21):
+        for N in np.geomspace(C ** 0.5 / 300, C ** 0.5 / 10, 5):
+            D = C / (6 * N)
+            loss = (1.69 + 406.4 / N ** 0.34 + 410.7 / D ** 0.28) * (1 + 0.002 * rng.normal())
+            run_id = client.create_run(exp, run_name=f"iso-C{C:.0e}-N{N:.2e}", tags={
+                Tag.SWEEP: "iso-1", Tag.DESIGN: Design.ISOFLOP, Tag.BUDGET: f"{C:g}"}).info.run_id
+            client.log_batch(run_id, metrics=[M(Metric.TOKENS, D, 0, 1), M(Metric.VAL_LOSS, loss, 0, 1)],
+                             params=[P(Param.N, str(int(N))), P(Param.B_TOKENS, "524288"), P(Param.LR, "0.001")])
+            client.set_terminated(run_id, "FINISHED")
+    return uri
+
+
+def test_isoflop_tab_fits_the_isoflop_sweep_as_lab_fit_isoflop_does(tmp_path, monkeypatch):
+    uri = isoflop_store(tmp_path)
+    at = open_page(uri, pages.LOSS_LAWS.path, monkeypatch)
+    assert at.selectbox(key="loss_sweep").value == "iso-1"
+    at.session_state["loss_tab"] = "IsoFLOP and frontier"
+    text = shown(checked(at.run()))
+    expected = lab_fit("isoflop", "--tracking-uri", uri, "--sweep", "iso-1", "--bootstrap", 200)
+    for name in ("coef", "exp"):
+        assert f"**{name}** = {fmt(expected['N_law']['params'][name])}" in text
