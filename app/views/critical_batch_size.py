@@ -88,7 +88,8 @@ if fit is not None:
                                         max(int(branches["B"].max() // seq_len), 1), key="cbs_max",
                                         help="Default: the largest batch measured, as lab-fit cbs"))
     if known is None:
-        st.caption("seq_len, granularity and D are defaults here (a table records none of them): set them to your run's")
+        st.caption("seq_len, granularity and D are defaults here (a table records none of them): set them to your "
+                   "run's")
     form = k5.selectbox("Form", ["best", "power", "saturating"] if fit.saturating else ["best", "power"],
                         key="cbs_form")
     try:
@@ -110,5 +111,6 @@ ui.chart(fig_cbs, key="cbs_curve")
 ui.table(local)
 ui.register("critical batch size", laws={"cbs": fit.to_dict()} if fit else {}, figures={"cbs": fig_cbs},
             tables={"local_cbs": local}, provenance={**provenance, "settings": {
-                "tolerance": tolerance, "bootstrap": bootstrap, "reference_B": settings.reference_B if settings else None, "total_tokens": total,
+                "tolerance": tolerance, "bootstrap": bootstrap, "total_tokens": total,
+                "reference_B": settings.reference_B if settings else None,
                 "seq_len": seq_len if plan else None, "granularity": granularity if plan else None}})

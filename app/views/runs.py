@@ -47,7 +47,7 @@ else:
     if sweep != options[0] or linked_sweep:  # a deep link to what is shown; the default needs none
         st.query_params["sweep"] = sweep
 picked = st.multiselect("Runs to plot and compare (curves are loaded for these only)", list(labels),
-                        default=default, format_func=labels.get, key=f"runs_picked_{sweep}",
+                        default=default, format_func=labels.get, key=f"runs_picked_{sweep if sweep != PICK else 'picked'}",
                         max_selections=MAX_PLOTTED)
 if sweep == PICK and picked:
     st.query_params["runs"] = ",".join(picked)

@@ -428,3 +428,18 @@ def test_isoflop_tab_fits_the_isoflop_sweep_as_lab_fit_isoflop_does(tmp_path, mo
     expected = lab_fit("isoflop", "--tracking-uri", uri, "--sweep", "iso-1", "--bootstrap", 200)
     for name in ("coef", "exp"):
         assert f"**{name}** = {fmt(expected['N_law']['params'][name])}" in text
+
+
+def test_runs_page_deep_links_to_a_sweep_or_to_runs(store_uri, monkeypatch):
+    monkeypatch.setenv("LAB_TRACKING_URI", store_uri)
+    at = AppTest.from_file(str(ROOT / "app" / "Home.py"), default_timeout=240)
+    at.query_params["sweep"] = "ladder"
+    at.run().switch_page(pages.RUNS.path).run()
+    assert checked(at).selectbox(key="runs_sweep").value == "ladder"
+    assert len(at.multiselect(key="runs_picked_ladder").value) == 6 == len(figure(at, "runs_curves")["data"])
+
+    ladder = final_points(store_uri)["run_id"].to_list()[:2]
+    at = AppTest.from_file(str(ROOT / "app" / "Home.py"), default_timeout=240)
+    at.query_params["runs"] = ",".join(ladder)
+    at.run().switch_page(pages.RUNS.path).run()
+    assert sorted(checked(at).multiselect(key="runs_picked_picked").value) == sorted(ladder)
