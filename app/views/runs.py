@@ -46,8 +46,9 @@ else:
     default = runs.filter(pl.col(SWEEP) == sweep).sort("run_name")["run_id"].head(MAX_PLOTTED).to_list()
     if sweep != options[0] or linked_sweep:  # a deep link to what is shown; the default needs none
         st.query_params["sweep"] = sweep
+picker_key = f"runs_picked_{'picked' if sweep == PICK else sweep}"  # one picker per sweep: its own default
 picked = st.multiselect("Runs to plot and compare (curves are loaded for these only)", list(labels),
-                        default=default, format_func=labels.get, key=f"runs_picked_{sweep if sweep != PICK else 'picked'}",
+                        default=default, format_func=labels.get, key=picker_key,
                         max_selections=MAX_PLOTTED)
 if sweep == PICK and picked:
     st.query_params["runs"] = ",".join(picked)
