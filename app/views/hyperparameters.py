@@ -98,7 +98,7 @@ if fit is not None:
                             key="hp_calc_D")
         pred = predict_hparams(fit, N=N, D=D)
     else:
-        C = k1.number_input("C (FLOPs)", 1.0, value=float(f"{cells['C'].max() * 100:.1e}"), format="%.3e",
+        C = k1.number_input("C = 6·N·D (FLOPs)", 1.0, value=float(f"{cells['C'].max() * 100:.1e}"), format="%.3e",
                             key="hp_calc_C")
         pred = predict_hparams(fit, C=C)
     if by == "N and D":

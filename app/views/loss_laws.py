@@ -105,7 +105,7 @@ if tab_iso.open:  # lazy tabs: a widget change recomputes the open tab only
             ui.table(iso.budgets)
         if iso is not None or chinchilla is not None:
             c_max = float(final["C"].max())
-            target = st.number_input("Extrapolate to a budget C (FLOPs)", min_value=1.0, value=float(f"{c_max * 100:.1e}"),
+            target = st.number_input("Extrapolate to a budget C = 6·N·D (FLOPs)", min_value=1.0, value=float(f"{c_max * 100:.1e}"),
                                      format="%.3e", key="iso_target")
             ui.warn_extrapolation(target, c_max, "budget C")
             cols = st.columns(3)
