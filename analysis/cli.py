@@ -32,14 +32,14 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from analysis import cli_log, report
-from analysis.cli_input import CliError, Progress, complete, frame, store_runs
+from analysis.cli_input import CliError, Progress, frame, store_runs
 from analysis.extrapolate import holdout_check
 from analysis.laws.cbs import CBS_TOLERANCE, fit_cbs_curve, local_cbs, propose_batch_warmup
 from analysis.laws.hparams import PLATEAU_TOLERANCE, fit_hparams, predict_hparams
@@ -49,7 +49,9 @@ from analysis.laws.loglinear import jsonable
 from analysis.laws.loss import compute_optimal, fit_loss
 from analysis.laws.loss_forms import FORMS, get_form
 from analysis.load import load_table
-from analysis.runs import BRANCH_TAG, CHECKPOINT_TAG, REFERENCE_B, recorded_reference_B
+from analysis.points import (BRANCH_OF, DEFAULT_GRANULARITY, REFERENCE_B, CbsSettings, cbs_settings,
+                             law_points)
+from tracking.record import Tag
 
 
 
@@ -74,7 +76,7 @@ def _loss(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     if args.target_C and form.name != "chinchilla":
         raise CliError(f"--target-C needs --form chinchilla (its compute-optimal allocation has a closed form), "
                        f"not {form.name!r}; or fit IsoFLOP profiles with `lab-fit isoflop --target-C`")
-    df = frame(args, [*form.inputs, "loss"], say)
+    df = frame(args, [*form.inputs, "loss"], say, "loss")
     # Several points per run are not independent: the bootstrap resamples runs.
     groups = {"groups": "run_id"} if args.curve_points != "final" else {}
     say(f"fitting {form.name} ({form.formula}) to {df.height} points ({args.exclude_top_loss} highest losses "
@@ -104,10 +106,9 @@ def _loss(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
 
 
 def _isoflop(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
-    df = frame(args, ["N", "C", "loss"], say)
-    if "tag.budget" in df.columns:  # IsoFLOP sweeps tag each run with its planned budget C (sweeps.designs)
-        budget = df["tag.budget"].cast(pl.Float64, strict=False)
-        df = df.with_columns(budget=budget) if budget.null_count() == 0 else df
+    df = frame(args, ["N", "C", "loss"], say, "isoflop")
+    if "budget" in df.columns and df["budget"].null_count():  # IsoFLOP runs tag their planned budget C (points)
+        df = df.drop("budget")
     say(f"fitting a parabola in ln N per budget to {df.height} runs, then {args.bootstrap} bootstrap resamples")
     result = fit_isoflop(df, bootstrap=args.bootstrap, seed=args.seed, rel_tol=args.budget_tol)
     allocations = [predict_optimal(result, C) for C in args.target_C or ()]
@@ -120,7 +121,7 @@ def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     if (args.target_N is None) != (args.target_D is None) or (args.target_C and args.target_N):
         raise CliError("give --target-N with --target-D (Step Law form, e.g. --target-N 1e8 --target-D 2e9), or "
                        "--target-C alone (DeepSeek form)")
-    df = frame(args, ["N", "D", "lr", "B", "loss"], say)
+    df = frame(args, ["N", "D", "lr", "B", "loss"], say, "hparams")
     spread = df.group_by("N", "D").agg(pl.col("lr").n_unique().alias("lr"), pl.col("B").n_unique().alias("B"))
     if spread.filter((pl.col("lr") > 1) & (pl.col("B") > 1)).height == 0:  # else every "optimum" is the one config
         raise CliError(f"no (N, D) cell of the {df.height} runs varies both lr and B, so no optimum can be located; "
@@ -135,31 +136,28 @@ def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     return {**result.to_dict(), "prediction": asdict(prediction) if prediction else None}
 
 
-def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame, float | None, float | None]:
-    """Branch runs of one reference run, and the reference's seq_len and D (for the warmup plan) when known."""
+def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame, CbsSettings]:
+    """Branch runs of one reference run (analysis.points), and the warmup plan's settings read from the runs."""
     say(f"loading branch runs from {args.tracking_uri}")
     runs = store_runs(args)
-    tagged = runs.filter(pl.col(f"tag.{BRANCH_TAG}").is_not_null()) if f"tag.{BRANCH_TAG}" in runs.columns \
-        else runs.clear()
+    chosen = law_points(runs, "cbs")
+    tagged = chosen.frame
     if args.reference:
-        tagged = tagged.filter(pl.col(f"tag.{BRANCH_TAG}") == args.reference)
+        tagged = tagged.filter(pl.col("reference") == args.reference)
     if tagged.height == 0:
         raise CliError(
             f"no FINISHED branch runs{' of ' + args.reference if args.reference else ''} among the {runs.height} "
-            f"selected runs: lab-fit cbs reads runs tagged {BRANCH_TAG}=<reference run id> and {CHECKPOINT_TAG}="
-            "<tokens at the branch point> (B = param B_tokens, loss = final val/loss); tag the branches "
-            f"(+tracking.tags.{BRANCH_TAG}=ID +tracking.tags.{CHECKPOINT_TAG}=T) or pass --input branches.csv "
-            "with columns checkpoint_tokens, B, loss")
-    refs = sorted(set(tagged[f"tag.{BRANCH_TAG}"].to_list()))
+            f"selected runs: lab-fit cbs reads runs tagged {Tag.BRANCH_OF}=<reference run id> and "
+            f"{Tag.CHECKPOINT_TOKENS}=<tokens at the branch point> (B = param B_tokens, loss = final val/loss); tag "
+            f"the branches (+tracking.tags.{Tag.BRANCH_OF}=ID +tracking.tags.{Tag.CHECKPOINT_TOKENS}=T) or pass "
+            "--input branches.csv with columns checkpoint_tokens, B, loss")
+    for note in chosen.notes:
+        say(f"warning: {note}", True)
+    refs = sorted(set(tagged["reference"].to_list()))
     if len(refs) > 1:
         raise CliError(f"branch runs of {len(refs)} reference runs {refs[:5]}; choose one with --reference RUN_ID")
-    tokens = (pl.col(f"tag.{CHECKPOINT_TAG}").cast(pl.Float64, strict=False) if f"tag.{CHECKPOINT_TAG}"
-              in tagged.columns else pl.lit(None, dtype=pl.Float64))
-    tagged = complete(tagged.with_columns(checkpoint_tokens=tokens), ["checkpoint_tokens", "B", "loss"], say)
-    ref = runs.filter(pl.col("run_id") == refs[0])
-    seq_len = args.seq_len or (ref["seq_len"][0] if ref.height else None) or tagged["seq_len"].max()
-    recorded_B = recorded_reference_B(tagged[REFERENCE_B]) if REFERENCE_B in tagged.columns else None
-    return tagged, seq_len, args.total_tokens or (ref["D"][0] if ref.height else None), recorded_B
+    chosen = replace(chosen, frame=tagged, runs=chosen.runs.filter(pl.col(BRANCH_OF) == refs[0]))
+    return tagged, cbs_settings(runs, chosen)
 
 
 def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
@@ -167,11 +165,13 @@ def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
         say(f"reading {args.input}")
         df = load_table(args.input, required=("checkpoint_tokens", "B", "loss"))
         seq_len, total, reference_B = args.seq_len, args.total_tokens, args.reference_B
+        granularity = args.granularity
     else:
-        df, seq_len, total, recorded_B = _branch_runs(args, say)
-        reference_B = args.reference_B or recorded_B
-        if args.reference_B is None and recorded_B is not None:
-            say(f"reference batch {recorded_B:g} tokens (the branches' {REFERENCE_B})")
+        df, found = _branch_runs(args, say)
+        seq_len, total = args.seq_len or found.seq_len, args.total_tokens or found.total_tokens
+        reference_B, granularity = args.reference_B or found.reference_B, args.granularity or found.granularity
+        if args.reference_B is None and found.reference_B is not None:
+            say(f"reference batch {found.reference_B:g} tokens (the branches' {REFERENCE_B})")
     say(f"local CBS from {df.height} branches (tolerance {args.tolerance:g}), then CBS(D) with "
         f"{args.bootstrap} bootstrap resamples")
     local = local_cbs(df, tolerance=args.tolerance, reference_B=reference_B, interpolate=args.interpolate)
@@ -179,7 +179,8 @@ def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     plan = None
     if seq_len and total:
         max_sequences = args.max_sequences or int(df["B"].max() // seq_len)  # no larger than the batches measured
-        plan = propose_batch_warmup(curve, total, args.granularity, int(seq_len), max_sequences, args.start_sequences)
+        plan = propose_batch_warmup(curve, total, granularity or DEFAULT_GRANULARITY, int(seq_len), max_sequences,
+                                    args.start_sequences)
     else:
         say("no batch warmup proposed: give --seq-len and --total-tokens (known from the store's reference run)", True)
     print(report.cbs_report(local, curve, plan))
@@ -241,7 +242,8 @@ def _parser() -> argparse.ArgumentParser:
     cbs.add_argument("--interpolate", action="store_true", help="interpolate the CBS between B_pass and B_fail")
     cbs.add_argument("--seq-len", type=int, help="sequence length of the planned run (tokens)")
     cbs.add_argument("--total-tokens", type=_positive, help="training tokens of the planned run")
-    cbs.add_argument("--granularity", type=int, default=8, help="micro_batch x devices (lab default: 8)")
+    cbs.add_argument("--granularity", type=int, help="micro_batch x devices (default: the reference run's, "
+                     f"else {DEFAULT_GRANULARITY}, lab's default micro_batch)")
     cbs.add_argument("--max-sequences", type=int, help="largest batch (default: the largest B measured)")
     cbs.add_argument("--start-sequences", type=int, help="first batch (default: --granularity)")
     cbs.set_defaults(run=_cbs)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from analysis.laws.curve_points import CurvePointsError, check_schedule_free, curve_points, summarize
+from analysis.laws.curve_points import CurvePointsError, check_schedule_free, summarize
 from analysis.load import load_curves, load_runs, load_table
-from analysis.runs import from_scratch
+from analysis.points import Points, branch_runs, law_points, training_runs, validation_points
 
 
 class CliError(ValueError):
@@ -44,8 +44,7 @@ def store_runs(args: argparse.Namespace) -> pl.DataFrame:
         if isinstance(err, MlflowException):
             raise CliError(f"cannot read runs from {args.tracking_uri}: {err}; check the URI and the server") from err
         raise
-    if "tag.sweep_parent" in runs.columns:
-        runs = runs.filter(pl.col("tag.sweep_parent").is_null())
+    runs = training_runs(runs)
     finished = runs.filter(pl.col("status") == "FINISHED")
     if finished.height == 0:
         found = dict(runs["status"].value_counts().iter_rows()) if runs.height else {}
@@ -66,9 +65,10 @@ def complete(runs: pl.DataFrame, columns: Sequence[str], say: Progress) -> pl.Da
     return ok
 
 
-def frame(args: argparse.Namespace, needed: Sequence[str], say: Progress) -> pl.DataFrame:
-    """Points with the columns a law needs: the --input table or the store's finished runs (N_total as N on
-    request); with --curve-points other than final, the runs' validation points (analysis.laws.curve_points)."""
+def frame(args: argparse.Namespace, needed: Sequence[str], say: Progress, law: str = "loss") -> pl.DataFrame:
+    """Points with the columns a law needs: the --input table, or the store's runs that are points of `law`
+    (analysis.points: the same selection as the dashboard's), N_total as N on request; with --curve-points other
+    than final, the validation points of those runs (analysis.laws.curve_points)."""
     total = getattr(args, "total_params", False)
     needed = ["N_total" if c == "N" and total else c for c in needed]
     mode = getattr(args, "curve_points", "final")
@@ -81,17 +81,27 @@ def frame(args: argparse.Namespace, needed: Sequence[str], say: Progress) -> pl.
     else:
         say(f"loading runs from {args.tracking_uri}")
         runs = store_runs(args)
-        scratch = from_scratch(runs)
-        if scratch.height < runs.height:
-            say(f"leaving out {runs.height - scratch.height} critical-batch-size branch runs (tag branch_of: they "
-                "continue another run's checkpoint, so they are no (N, D) points; lab-fit cbs reads them)", True)
-        if scratch.height == 0:
-            raise CliError(f"the {runs.height} finished runs selected are all critical-batch-size branches (tag "
-                           "branch_of); fit them with lab-fit cbs, or select the sweep of runs trained from scratch")
-        df = complete(scratch, needed, say)
-        if mode != "final":
-            df = _curve_frame(args, df, mode, say)
+        if total:
+            runs = runs.with_columns(N=pl.col("N_total"))
+        chosen = store_points(runs, law, needed, say)
+        df = chosen.frame if mode == "final" else _curve_frame(args, chosen.runs, mode, say)
+        return df
     return df.with_columns(N=pl.col("N_total")) if total else df
+
+
+def store_points(runs: pl.DataFrame, law: str, needed: Sequence[str], say: Progress) -> Points:
+    """The points of `law` among the selected runs (analysis.points), saying on stderr what was left out."""
+    chosen = law_points(runs, law, tuple(c for c in needed if c != "C"))
+    for note in (*chosen.notes, *chosen.mixed):
+        say(f"warning: {note}", True)
+    if chosen.frame.height == 0 and runs.height and branch_runs(runs).height == runs.height:
+        raise CliError(f"the {runs.height} finished runs selected are all critical-batch-size branches (tag "
+                       "branch_of); fit them with lab-fit cbs, or select the sweep of runs trained from scratch")
+    if chosen.frame.height == 0:
+        raise CliError(f"none of the {runs.height} finished runs selected is a point of the {law} law "
+                       f"({'; '.join(chosen.notes) or 'no run records ' + str(list(needed))}); select the sweep "
+                       "of runs made for it with --sweep")
+    return chosen
 
 
 def _curve_frame(args: argparse.Namespace, runs: pl.DataFrame, mode: str, say: Progress) -> pl.DataFrame:
@@ -101,7 +111,7 @@ def _curve_frame(args: argparse.Namespace, runs: pl.DataFrame, mode: str, say: P
         say(f"loading the val/loss curves of {runs.height} runs")
         curves = load_curves(args.tracking_uri, args.experiment, run_ids=runs["run_id"].to_list(),
                              metrics=["val/loss"])
-        points = curve_points(runs, curves, mode, min_fraction=args.min_fraction, min_D=args.min_D)
+        points = validation_points(runs, curves, mode, min_fraction=args.min_fraction, min_D=args.min_D)
     except CurvePointsError as err:
         raise CliError(f"--curve-points {mode}: {err}") from err
     say(f"curve points ({mode}; D >= {args.min_fraction:g} of each run's D"

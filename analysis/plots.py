@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import plotly.graph_objects as go
 import polars as pl
+
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
+
+from tracking.record import compute
 
 # The laws are imported where a figure evaluates one, not here: they pull in scipy (seconds to import), and the
 # dashboard's Home and Runs pages, which only draw curves, should not wait for it.
@@ -90,8 +93,9 @@ def _col(df: pl.DataFrame, name: str) -> np.ndarray:
 def loss_law(points: pl.DataFrame, fit: FitResult | None = None, x: str = "D") -> go.Figure:
     """Loss against D (or C, or N) on log axes, points coloured by N, with the fitted law drawn per N.
 
-    points: N, D, C, loss. For a law of N and D the curve L(N, ·) is drawn for up to 8 of the points' N values
-    (in their colour); L(N) and L(C) laws are drawn as one curve against their own input.
+    points: N, D, C = 6·N·D, loss. For a law of N and D against D or C the curve L(N, ·) is drawn for up to 8 of
+    the points' N values (in their colour), over the D its points span; against N, L(·, D) for up to 8 of their D.
+    L(N) and L(C) laws are drawn as one curve against their own input.
     """
     from analysis.laws.loglinear import prediction_interval
     from analysis.laws.loss import predict_loss
@@ -106,12 +110,20 @@ def loss_law(points: pl.DataFrame, fit: FitResult | None = None, x: str = "D") -
         customdata=np.column_stack([N, _col(points, "D")]),
         hovertemplate="N=%{customdata[0]:.3g}<br>D=%{customdata[1]:.3g}<br>L=%{y:.4f}<extra></extra>"))
     if fit is not None:
-        if fit.inputs == ("N", "D"):
+        if fit.inputs == ("N", "D") and x == "N":  # one curve L(·, D) per D, over the N its points span
+            D = _col(points, "D")
+            reps = _representative(D)
+            for d_value, color in zip(reps, _colors(reps) if reps.size > 1 else ["#440154"]):
+                at_d = points.filter(pl.col("D") == d_value)
+                n = _grid(_col(at_d if at_d.height > 1 else points, "N"), pad=1.5)
+                fig.add_trace(go.Scatter(x=n, y=predict_loss(fit, N=n, D=np.full(n.size, d_value)), mode="lines",
+                                         line={"color": color, "dash": "dot"}, name=f"fit D={d_value:.3g}"))
+        elif fit.inputs == ("N", "D"):
             reps = _representative(N)
             for n_value, color in zip(reps, _colors(reps) if reps.size > 1 else ["#440154"]):
                 at_n = points.filter(pl.col("N") == n_value)
                 d = _grid(_col(at_n if at_n.height else points, "D"), pad=2.0)
-                xs = {"D": d, "C": 6.0 * n_value * d, "N": np.full(d.size, n_value)}[x]
+                xs = d if x == "D" else compute(n_value, d)
                 fig.add_trace(go.Scatter(x=xs, y=predict_loss(fit, N=np.full(d.size, n_value), D=d), mode="lines",
                                          line={"color": color}, name=f"fit N={n_value:.3g}"))
         else:
@@ -270,24 +282,52 @@ def _thin(g: pl.DataFrame, limit: int = MAX_CURVE_POINTS) -> pl.DataFrame:
 
 
 def learning_curves(curves: pl.DataFrame, runs: pl.DataFrame | None = None, metric: str = "val/loss",
-                    x: str = "tokens", log_x: bool = True, log_y: bool = False) -> go.Figure:
+                    x: str = "tokens", log_x: bool = True, log_y: bool = False, color_by: str | None = None,
+                    smoothing: float = 0.0) -> go.Figure:
     """One line per run of `metric` against tokens, C (6·N·tokens spent) or step, named by run_name when `runs`
-    (run_id, run_name) is given. Long curves are thinned to MAX_CURVE_POINTS points per run for drawing."""
+    (run_id, run_name) is given. Long curves are thinned to MAX_CURVE_POINTS points per run for drawing.
+
+    color_by: a numeric column of `runs` (N, lr, a param): lines coloured on a log scale of it, as a sweep's runs
+    are read. smoothing in [0, 1): an exponential moving average of the values (TensorBoard's slider), debiased."""
     if x not in CURVE_X:
         raise ValueError(f"x must be one of {', '.join(CURVE_X)}, got {x!r}")
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
     names = ({rid: name for rid, name in zip(runs["run_id"].to_list(), runs["run_name"].to_list()) if name}
              if runs is not None else {})
     data = (curves.filter(pl.col("metric") == metric).drop_nulls(x)
             .with_columns(label=pl.col("run_id").replace_strict(names, default=pl.col("run_id").str.slice(0, 8)))
             .sort(["label", "run_id", "step"]))  # legend in run-name order
-    fig = _figure(f"{metric} against {LABELS[x]}")
-    for (label, _), g in data.group_by(["label", "run_id"], maintain_order=True):
+    colors: dict[str, str] = {}
+    if color_by and runs is not None and color_by in runs.columns:
+        values = runs.select("run_id", pl.col(color_by).cast(pl.Float64, strict=False)).drop_nulls()
+        values = values.filter(pl.col(color_by) > 0)
+        if values.height:
+            logs = np.log10(values[color_by].to_numpy())
+            span = np.ptp(logs) or 1.0
+            shades = sample_colorscale(SCALE, list((logs - logs.min()) / span))
+            colors = dict(zip(values["run_id"].to_list(), shades))
+    fig = _figure(f"{metric} against {LABELS[x]}" + (f", coloured by {color_by}" if colors else ""))
+    for (label, run_id), g in data.group_by(["label", "run_id"], maintain_order=True):
         g = _thin(g)
-        fig.add_trace(go.Scatter(x=_col(g, x), y=_col(g, "value"), mode="lines+markers" if g.height < 30 else "lines",
-                                 name=label))
+        y = _col(g, "value")
+        if smoothing > 0:
+            y = _ema(y, smoothing)
+        line = {"color": colors[run_id]} if run_id in colors else {}
+        fig.add_trace(go.Scatter(x=_col(g, x), y=y, mode="lines+markers" if g.height < 30 else "lines",
+                                 name=label, line=line))
     fig.update_xaxes(type="log" if log_x else "linear", title=LABELS[x])
     fig.update_yaxes(type="log" if log_y else "linear", title=LABELS["loss"] if "loss" in metric else metric)
     return fig
+
+
+def _ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """Debiased exponential moving average: out[i] = Σ w^(i-j)(1-w)·v[j] / (1 - w^(i+1))."""
+    out, acc = np.empty_like(values, dtype=float), 0.0
+    for i, v in enumerate(values):
+        acc = weight * acc + (1 - weight) * v
+        out[i] = acc / (1 - weight ** (i + 1))
+    return out
 
 
 # --- hyperparameters -----------------------------------------------------------------------------------------

@@ -20,13 +20,14 @@ import streamlit as st
 
 from analysis.load import load_curves, load_runs, load_table
 from analysis.load.frames import CURVE_COLUMNS
-from analysis.runs import REFERENCE_B, from_scratch
+from analysis import points
+from analysis.points import POINT_COLUMNS, Points
+from tracking.record import Metric
 
 STORE_TTL_S = 600  # a store being written by a sweep changes; the sidebar's "Reload data" refreshes sooner
 METRICS = ("val/loss", "train/loss", "val/bpb", "lr", "grad_norm", "noise/b_simple", "batch_tokens",
            "throughput/tokens_per_s", "mfu")
 """Per-step metrics that lab-train records (design §5), offered for learning curves."""
-POINT_COLUMNS = ("run_id", "run_name", "N", "D", "C", "B", "lr", "loss")
 
 
 @st.cache_data(ttl=STORE_TTL_S, show_spinner="Loading runs…")
@@ -60,58 +61,37 @@ def clear_store_caches() -> None:
     curves.clear()
 
 
-# --- points for the laws --------------------------------------------------------------------------------------
+# --- points for the laws: analysis.points, the stage lab-fit uses too -----------------------------------------
 
-def finished(runs_frame: pl.DataFrame) -> pl.DataFrame:
-    """Finished runs with a final validation loss: the ones a law may be fitted to."""
-    return runs_frame.filter((pl.col("status") == "FINISHED") & pl.col("loss").is_not_null()
-                             & pl.col("loss").is_not_nan())
+def law_points(runs_frame: pl.DataFrame, law: str) -> Points:
+    """The points of `law` among the runs shown (analysis.points.law_points: the selection lab-fit makes)."""
+    return points.law_points(runs_frame, law)
 
 
 def final_points(runs_frame: pl.DataFrame) -> pl.DataFrame:
-    """One point per finished run trained from scratch (CBS branches are not points: analysis.runs): N, D, C, B,
-    lr and its final validation loss L (nats/token)."""
-    return from_scratch(finished(runs_frame)).select(POINT_COLUMNS).drop_nulls(["N", "D", "C", "loss"])
+    """One point per finished run trained from scratch, of a loss-law design: N, D, C = 6·N·D, B, lr, final L."""
+    return law_points(runs_frame, "loss").frame
 
 
-def validation_points(uri: str, runs_frame: pl.DataFrame, mode: str = "all") -> pl.DataFrame:
-    """One point per validation of each finished run (`analysis.laws.curve_points`): D = tokens seen then, C =
-    FLOPs spent then (6·N·D when no `flops` was recorded), L = val/loss then, `point` = final | intermediate.
-    mode "all" forces every point (mid-run points of a decaying schedule overstate the loss a run of that length
-    would reach; offered for ladders too small to fit on final points alone); "schedule-free" refuses runs whose
-    schedule does not allow it (CurvePointsError, a ValueError naming them)."""
-    from analysis.laws.curve_points import curve_points  # lazily: analysis.laws imports scipy (see above)
-
-    done = from_scratch(finished(runs_frame)).drop_nulls(["N"])
-    val = curves(uri, tuple(done["run_id"].to_list()), ("val/loss",))
+def validation_points(uri: str, chosen: Points, mode: str = "all") -> pl.DataFrame:
+    """One point per validation of each run of `chosen` (`analysis.points.validation_points`): D = tokens seen
+    then, C = 6·N·D then, L = val/loss then, `point` = final | intermediate. mode "all" forces every point
+    (mid-run points of a decaying schedule overstate the loss a run of that length would reach; offered for
+    ladders too small to fit on final points alone)."""
+    done = chosen.runs.drop_nulls(["N"])
+    val = curves(uri, tuple(done["run_id"].to_list()), (Metric.VAL_LOSS,))
     # min_fraction=0: every validation, as the page's "every validation point" promises.
-    return curve_points(done, val, mode, min_fraction=0.0).select(*POINT_COLUMNS, "point")
+    found = points.validation_points(done, val, mode, min_fraction=0.0)
+    sweeps = done.select("run_id", "sweep")
+    return found.join(sweeps, on="run_id", how="left").select(*POINT_COLUMNS, "point")
 
 
 def hparam_points(runs_frame: pl.DataFrame) -> pl.DataFrame:
-    """Finished runs with N, D, lr, B (tokens) and final loss: the input of `fit_hparams`."""
-    return final_points(runs_frame).drop_nulls(["lr", "B"])
-
-
-def branch_column(frame: pl.DataFrame, name: str) -> str | None:
-    """The column holding a CBS branch field (`checkpoint_tokens`, `ref_loss`): bare, or as a tag/param."""
-    for column in (name, f"tag.{name}", f"param.{name}"):
-        if column in frame.columns:
-            return column
-    return next((c for c in frame.columns if c.endswith(f".{name}")), None)
+    """Points of the hyperparameter laws: N, D, lr, B (tokens) and final loss of lr x B runs."""
+    return law_points(runs_frame, "hparams").frame
 
 
 def branch_points(runs_frame: pl.DataFrame) -> pl.DataFrame:
-    """CBS branch runs of the store: runs carrying a `checkpoint_tokens` tag or param (the tokens of the
-    reference checkpoint they branched from), with B (tokens) and final loss; `ref_loss` and `B_ref` (the
-    reference run's batch, tokens) too when recorded."""
-    column = branch_column(runs_frame, "checkpoint_tokens")
-    if column is None:
-        return pl.DataFrame(schema={"checkpoint_tokens": pl.Float64, "B": pl.Float64, "loss": pl.Float64})
-    ref = branch_column(runs_frame, "ref_loss")
-    extra = [pl.col(ref).cast(pl.Float64, strict=False).alias("ref_loss")] if ref else []
-    if REFERENCE_B in runs_frame.columns:  # the reference's batch, recorded by every branch
-        extra.append(pl.col(REFERENCE_B).cast(pl.Float64, strict=False).alias("B_ref"))
-    return (finished(runs_frame)
-            .select(pl.col(column).cast(pl.Float64, strict=False).alias("checkpoint_tokens"), "B", "loss", *extra)
-            .drop_nulls())
+    """CBS branch runs (analysis.points): checkpoint_tokens (of the reference checkpoint they branch from), B
+    (tokens), final loss, B_ref (the reference run's batch, tokens) and the reference run's id."""
+    return law_points(runs_frame, "cbs").frame

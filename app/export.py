@@ -6,8 +6,11 @@ at $BROWSER_PATH; it is optional: without it the Export page offers HTML, which 
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import io
+import re
+import zipfile
 import json
 import os
 import shutil
@@ -55,3 +58,40 @@ def png_support() -> tuple[bool, str]:
 def figure_png(fig: go.Figure, width: int = 1200, height: int = 600) -> bytes:
     """PNG bytes rendered by kaleido in headless Chromium (a few seconds for the first figure)."""
     return fig.to_image(format="png", width=width, height=height, scale=2)
+
+
+PACKAGE = "scaling-lab"
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "not installed"
+
+
+def with_provenance(law: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+    """The law's dict with where it comes from: store, sweep, filters, run ids, settings, package version."""
+    return {**law, "provenance": {**provenance, "package": PACKAGE, "version": package_version()}}
+
+
+def is_stale(provenance: dict[str, Any], uri: str, filters: dict[str, Any]) -> bool:
+    """A law fitted on another store or under other filters than those in force now: never exported."""
+    if provenance.get("store") is None:  # fitted on a table: the sidebar's store and filters do not apply
+        return False
+    return provenance.get("store") != uri or provenance.get("filters", {}) != filters
+
+
+def file_name(section: str, name: str, extension: str) -> str:
+    """`<section>-<name>.<ext>` in lower case with dashes: distinct across pages (two pages' "runs" differ)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{section}-{name}".lower()).strip("-")
+    return f"{slug}.{extension}"
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    """One ZIP archive of {file name: bytes}."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()

@@ -15,7 +15,7 @@ from analysis.laws import fit_loss
 from analysis.laws.cbs import CbsFit, fit_cbs_curve, local_cbs
 from analysis.laws.hparams import HparamsResult, fit_hparams, landscape_cells
 from analysis.laws.isoflop import IsoflopResult, fit_isoflop
-from analysis.runs import recorded_reference_B
+from analysis.points import recorded_reference_B
 from analysis.validate import PointsError
 
 
@@ -54,7 +54,9 @@ def cbs_fit(branches: pl.DataFrame, tolerance: float, bootstrap: int) -> tuple[p
     """(local CBS per checkpoint, the CBS(D) fit or None, why there is no fit). Each checkpoint is compared with
     its branch at the reference run's batch when the branches record one (column B_ref), else at its smallest B."""
     reference_B = recorded_reference_B(branches["B_ref"]) if "B_ref" in branches.columns else None
-    local = local_cbs(branches.drop("B_ref", strict=False), tolerance=tolerance, reference_B=reference_B)
+    local = local_cbs(branches.select("checkpoint_tokens", "B", "loss", *(["ref_loss"] if "ref_loss" in branches.columns
+                                                                         else [])),
+                      tolerance=tolerance, reference_B=reference_B)
     try:
         return local, fit_cbs_curve(local, bootstrap=bootstrap), ""
     except PointsError as err:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # type-only: the fitting code imports scipy, which Home and R
 
     from analysis.fitting import FitResult
 
+WIDE_INTERVAL = 10.0
+EXTRAPOLATION_WARN = 10.0
+PLAUSIBLE_TOKENS_PER_PARAM = (1.0, 1000.0)
 RUN_TABLE_COLUMNS = ("run_name", "experiment", "sweep", "status", "N", "D", "C", "B", "lr", "loss", "steps",
                      "start_time", "run_id")
 
@@ -109,11 +112,30 @@ def fmt(value: float) -> str:
 
 
 def interval(estimate: float, ci: tuple[float, float]) -> str:
-    """"1.817 (95%: 1.77–1.87)"; the interval is left out when there is none (no bootstrap)."""
+    """"1.817 (95%: 1.77–1.87)"; the interval is left out when there is none (no bootstrap), and flagged when it
+    spans more than a decade (the estimate is then an order of magnitude at best)."""
     lo, hi = ci
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return fmt(estimate)
-    return f"{fmt(estimate)} (95%: {fmt(lo)}–{fmt(hi)})"
+    wide = " ⚠ wider than a decade" if lo > 0 and hi / lo > WIDE_INTERVAL else ""
+    return f"{fmt(estimate)} (95%: {fmt(lo)}–{fmt(hi)}{wide})"
+
+
+def warn_extrapolation(target: float, fitted_max: float, what: str) -> None:
+    """A warning beside a prediction made beyond the fitted range: how far beyond, in factors."""
+    if fitted_max > 0 and target > fitted_max:
+        factor = target / fitted_max
+        say = st.warning if factor > EXTRAPOLATION_WARN else st.caption
+        say(f"This {what} is {factor:.3g}× the largest fitted ({fmt(fitted_max)}): an extrapolation over "
+            f"{np.log10(factor):.1f} decades; check it with the held-out test before trusting it")
+
+
+def warn_tokens_per_param(ratio: float) -> None:
+    """Compute-optimal D/N far outside what published laws find (≈ 20, Hoffmann et al. 2022) is suspect."""
+    lo, hi = PLAUSIBLE_TOKENS_PER_PARAM
+    if np.isfinite(ratio) and not lo <= ratio <= hi:
+        st.warning(f"D*/N* = {fmt(ratio)} tokens per parameter lies outside {lo}–{hi} (Chinchilla finds ≈ 20): the "
+                   "IsoFLOP minima may sit on the edge of the sizes swept; widen the size range")
 
 
 def law_table(fit: FitResult) -> pl.DataFrame:
@@ -129,9 +151,23 @@ def law_table(fit: FitResult) -> pl.DataFrame:
 
 
 def table(df: pl.DataFrame, **kwargs: Any) -> None:
-    """st.dataframe with floats shown to 4 significant digits (N, D, C span many decades)."""
-    floats = {c: st.column_config.NumberColumn(format="%.4g") for c, t in df.schema.items() if t.is_float()}
-    st.dataframe(df, hide_index=True, column_config=floats, **kwargs)
+    """st.dataframe with floats shown to 4 significant digits (N, D, C span many decades: `number_format`),
+    integers with thousands separators."""
+    formats = {c: st.column_config.NumberColumn(format=number_format(df[c])) for c, t in df.schema.items()
+               if t.is_numeric()}
+    st.dataframe(df, hide_index=True, column_config=formats, **kwargs)
+
+
+def number_format(column: pl.Series) -> str:
+    """A column's display format: 4 significant digits, in scientific notation where the values span beyond
+    1e-3..1e5 (Streamlit's "%.4g" prints 6.728e10 as 67280000000), thousands separators for integers."""
+    if not column.dtype.is_float():
+        return "localized"
+    values = column.drop_nulls().abs()
+    values = values.filter(values.is_finite() & (values > 0))
+    if values.len() and (values.max() >= 1e5 or values.min() < 1e-3):
+        return "%.3e"
+    return "%.4g"
 
 
 def show_law(fit: FitResult, title: str) -> None:
@@ -150,13 +186,54 @@ def chart(fig: go.Figure, key: str) -> None:
     st.plotly_chart(fig, key=key, width="stretch")
 
 
+def begin_exports(section: str) -> None:
+    """Forget what this page registered on its previous run: only what it registers now is exportable."""
+    st.session_state.setdefault("exports", {})[section] = {"laws": {}, "figures": {}, "tables": {}, "provenance": {}}
+
+
+def begin_page_exports(sections: tuple[str, ...], signature: Any) -> None:
+    """Forget what the page's sections (tabs) registered when what they all rest on (points, shared settings:
+    `signature`) changed since: a tab not open now keeps its exports only while they still describe the page."""
+    seen = st.session_state.setdefault("export_signatures", {})
+    if seen.get(sections[0]) != repr(signature):
+        for section in sections:
+            begin_exports(section)
+        seen[sections[0]] = repr(signature)
+
+
+def current_filters() -> dict[str, Any]:
+    """The sidebar's filters in force (kept under filter_* session keys)."""
+    return {k.removeprefix("filter_"): v for k, v in sorted(st.session_state.items())
+            if isinstance(k, str) and k.startswith("filter_") and v}
+
+
+def provenance(uri: str, chosen: Any, source: str) -> dict[str, Any]:
+    """Where a page's numbers come from: the store (or table), sweep, filters and run ids (app.selection)."""
+    if chosen is None:
+        return {"store": None, "table": source, "sweep": None, "filters": {}, "run_ids": []}
+    return {**chosen.provenance(uri), "filters": current_filters()}
+
+
 def register(section: str, laws: dict[str, Any] | None = None, figures: dict[str, go.Figure] | None = None,
-             tables: dict[str, pl.DataFrame] | None = None) -> None:
-    """Offer this page's fitted laws (JSON-able dicts), figures and tables on the Export page."""
+             tables: dict[str, pl.DataFrame] | None = None, provenance: dict[str, Any] | None = None) -> None:
+    """Offer this page's fitted laws (JSON-able dicts), figures and tables on the Export page, each with the
+    provenance of its points (store, sweep, filters, run ids, settings)."""
     section_exports = st.session_state.setdefault("exports", {}).setdefault(
-        section, {"laws": {}, "figures": {}, "tables": {}})
+        section, {"laws": {}, "figures": {}, "tables": {}, "provenance": {}})
     for kind, items in (("laws", laws), ("figures", figures), ("tables", tables)):
         section_exports[kind].update(items or {})
+        for name in items or {}:
+            section_exports["provenance"][f"{kind}/{name}"] = provenance or {}
+
+
+def read_table(path: str, required: tuple[str, ...]) -> pl.DataFrame:
+    """The table at `path` (app.data.table); a path that cannot be read stops the page with one clear error."""
+    try:
+        return data.table(path, required)
+    except (LoadError, OSError) as err:
+        st.error(f"Cannot read the table {path!r}: {err}")
+        st.stop()
+        raise  # not reached: st.stop ends the script run
 
 
 def source_picker(key: str, table_columns: tuple[str, ...], example: str) -> str:

@@ -52,7 +52,7 @@ def server_side(uri: str) -> dict[str, float]:
     at.run()
     home, home_cpu = time.perf_counter() - t0, time.process_time() - c0
     t0 = time.perf_counter()
-    at.switch_page("pages/1_Runs.py").run()
+    at.switch_page("views/runs.py").run()
     runs_page = time.perf_counter() - t0
     charts = len(at.get("plotly_chart"))
     t0 = time.perf_counter()

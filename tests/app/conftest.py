@@ -1,8 +1,10 @@
 """A store written by real lab-train runs, shared by the dashboard tests (trained once per session).
 
-Ten tiny runs in-process (~40 s on one core): a size ladder (model.size 1-3 x two token budgets), an lr x B
-patch at the smallest cell so the hyperparameter page has a landscape and >= 4 (N, D) cells, and one run that
-diverges on purpose (trainer.max_loss) so status filters have a FAILED run to show.
+Sixteen tiny runs in-process (~60 s on one core): a size ladder (model.size 1-3 x two token budgets, design grid),
+an lr x B sweep (design lr_batch) of 4 (N, D) cells (model.size 1-2 x the two budgets) with 3 configurations at the
+smallest cell and 2 at the others, so the hyperparameter laws have >= 4 cells of >= 2 configurations, and one run
+that diverges on purpose (trainer.max_loss) so status filters have a FAILED run to show. The sweeps carry the
+design tag that lab-sweep writes, so each law page selects its own sweep by default (analysis.points).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tracking.record import Design, Tag
+
 SMOKE_TOKENS = (5120, 10240)  # 20 and 40 steps of 8 sequences x 32 tokens
 LADDER = [(size, tokens) for size in (1, 2, 3) for tokens in SMOKE_TOKENS]
-LR_BATCH = [("1e-3", 8), ("1e-2", 8), ("3e-3", 4)]  # plus the ladder's (3e-3, 8) at size 1, 5120 tokens
+LR_BATCH = [(size, tokens, lr, b) for size in (1, 2) for tokens in SMOKE_TOKENS
+            for lr, b in (("1e-2", 8), ("3e-3", 4))] + [(1, SMOKE_TOKENS[0], "1e-3", 8)]
 
 
 def train_store(workdir: Path) -> str:
@@ -26,9 +31,11 @@ def train_store(workdir: Path) -> str:
     base = ["experiment=smoke", f"tracking.uri={uri}", f"checkpoint_dir={workdir}/ckpt",
             f"data.cache_dir={workdir}/cache", "trainer.progress_bar=false", "trainer.val_every_steps=5",
             "trainer.checkpoint_every_steps=1000", "trainer.threads=1"]
-    plans = [[f"model.size={s}", f"budget.tokens={t}", "+tracking.tags.sweep=ladder"] for s, t in LADDER]
-    plans += [["model.size=1", f"budget.tokens={SMOKE_TOKENS[0]}", f"optim.lr={lr}", f"batch.sequences={b}",
-               "+tracking.tags.sweep=lr_batch"] for lr, b in LR_BATCH]
+    design = f"+tracking.tags.{Tag.DESIGN}"
+    plans = [[f"model.size={s}", f"budget.tokens={t}", "+tracking.tags.sweep=ladder", f"{design}={Design.GRID}"]
+             for s, t in LADDER]
+    plans += [[f"model.size={s}", f"budget.tokens={t}", f"optim.lr={lr}", f"batch.sequences={b}",
+               "+tracking.tags.sweep=lr_batch", f"{design}={Design.LR_BATCH}"] for s, t, lr, b in LR_BATCH]
     plans.append(["model.size=1", "trainer.max_loss=3.0", "+tracking.tags.sweep=diverged"])
     for overrides in plans:
         train(compose_config([*base, *overrides]))

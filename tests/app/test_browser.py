@@ -88,6 +88,18 @@ def test_cli_binds_localhost_unless_told():
         parse(["--port", "0"])
 
 
+def test_streamlit_config_matches_lab_dashboard_flags():
+    """`streamlit run app/Home.py` from the repo root reads .streamlit/config.toml: the flags lab-dashboard passes."""
+    import tomllib
+
+    config = tomllib.loads((Path(__file__).resolve().parents[2] / ".streamlit" / "config.toml").read_text())
+    command = streamlit_command(8501, "127.0.0.1")
+    for flag in ("server.address", "server.port", "server.headless", "server.fileWatcherType",
+                 "browser.gatherUsageStats", "global.developmentMode", "client.toolbarMode"):
+        section, key = flag.split(".")
+        assert str(config[section][key]).lower() == command[command.index(f"--{flag}") + 1], flag
+
+
 def test_cli_opens_the_store_training_wrote_to(monkeypatch):
     monkeypatch.delenv("LAB_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -103,18 +115,35 @@ def test_dashboard_serves_charts_in_chromium(dashboard, chromium, tmp_path):
     assert listening_addresses(dashboard) == {"127.0.0.1"}, "the dashboard must bind to loopback only by default"
     with Chromium(chromium) as browser:
         browser.open(f"http://127.0.0.1:{dashboard}/Runs")
-        seconds = browser.wait_for(f"{CHARTS_DRAWN} >= 5", timeout=120)  # five picked runs, one trace each
+        seconds = browser.wait_for(f"{CHARTS_DRAWN} >= 9", timeout=120)  # the 9 runs of sweep lr_batch
         browser.wait_for(APP_IDLE, timeout=60)
         title = browser.evaluate("document.querySelector('.gtitle') && document.querySelector('.gtitle').textContent")
         png = browser.screenshot()
     shot = tmp_path / "runs_page.png"
     shot.write_bytes(png)
     print(f"Runs page: charts drawn {seconds:.1f} s after opening; screenshot {shot}")
-    assert title == "val/loss against D (tokens seen)"
+    assert title == "val/loss against D (tokens seen), coloured by N"
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
     assert pixels.shape == (1000, 1400)
     assert pixels.var() > 200, f"screenshot looks blank (pixel variance {pixels.var():.1f})"
     assert (pixels < 200).mean() > 0.02, "too few dark pixels: no text or chart drawn"
+
+
+@pytest.mark.parametrize("url", ["Loss_laws", "Hyperparameters", "Critical_batch_size"])
+def test_every_law_page_draws_its_charts_in_chromium(dashboard, chromium, tmp_path, url):
+    """Each law page, opened by its URL with no widget touched, draws charts and shows no exception."""
+    with Chromium(chromium) as browser:
+        browser.open(f"http://127.0.0.1:{dashboard}/{url}")
+        seconds = browser.wait_for(f"{CHARTS_DRAWN} >= 1", timeout=180)
+        browser.wait_for(APP_IDLE, timeout=120)
+        errors = browser.evaluate("document.querySelectorAll('[data-testid=\"stException\"]').length")
+        png = browser.screenshot()
+    shot = tmp_path / f"{url}.png"
+    shot.write_bytes(png)
+    print(f"{url}: charts drawn {seconds:.1f} s after opening; screenshot {shot}")
+    assert errors == 0
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
+    assert pixels.var() > 200, f"screenshot looks blank (pixel variance {pixels.var():.1f})"
 
 
 def test_first_page_view_is_served_from_the_runs_read_at_start(store_uri, chromium, tmp_path):

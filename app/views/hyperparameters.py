@@ -9,21 +9,40 @@ import streamlit as st
 from analysis import plots
 from analysis.laws.hparams import PLATEAU_TOLERANCE, predict_hparams
 from analysis.validate import PointsError
-from app import data, fits, ui
+from app import fits, selection, ui
 
-st.set_page_config(page_title="Hyperparameters", layout="wide")
+
+
+def edge_cells(points: pl.DataFrame, cells: pl.DataFrame) -> list[str]:
+    """Cells whose optimal lr or B is the smallest or largest value swept in that cell."""
+    found = []
+    lr_col, B_col = ("lr_opt", "B_opt") if "lr_opt" in cells.columns else ("lr_best", "B_best")
+    for row in cells.iter_rows(named=True):
+        cell = points.filter((pl.col("N") == row["N"]) & (pl.col("D") == row["D"]))
+        for column, value in (("lr", row.get(lr_col)), ("B", row.get(B_col))):
+            span = cell[column].unique()
+            if value is not None and span.len() > 1 and not span.min() * 1.001 < value < span.max() * 0.999:
+                found.append(f"N={row['N']:.3g}, D={row['D']:.3g}: {column}* = {value:.3g}")
+    return found
+
+
 uri, all_runs = ui.store_sidebar()
 runs = ui.run_filters(all_runs)
 st.title("Hyperparameters")
+ui.begin_exports("hyperparameters")  # what an earlier run of this page registered may no longer be what it shows
 
 source = ui.source_picker("hp", ("N", "D", "lr", "B", "loss"), "landscape.csv")
-points = data.hparam_points(runs) if source == "store" else data.table(source, ("N", "D", "lr", "B", "loss"))
+chosen = selection.pick(runs, "hparams", "hp") if source == "store" else None
+points = chosen.points.frame if chosen else ui.read_table(source, ("N", "D", "lr", "B", "loss"))
 c1, c2, c3 = st.columns(3)
 tolerance = c1.number_input("Plateau: within this fraction of the best loss", 0.0001, 0.5, PLATEAU_TOLERANCE,
                             step=0.0005, format="%.4f", key="hp_tolerance")
 method = c2.selectbox("Optimum per cell", ["auto", "convex", "plateau"], key="hp_method",
                       help="auto: the method whose laws predict held-out cells best")
 bootstrap = int(c3.number_input("Bootstrap", 0, 4000, 200, step=100, key="hp_bootstrap"))
+if chosen is not None:
+    selection.show_feed(chosen)
+provenance = ui.provenance(uri, chosen, source)
 if points.height == 0:
     st.info("No finished runs with N, D, lr, B and a final loss pass the filters.")
     st.stop()
@@ -48,7 +67,13 @@ st.caption(f"Optimum ({cell['source']}): lr = {ui.fmt(cell.get('lr_opt', cell['l
            f"lr {ui.fmt(cell['lr_plateau_min'])}–{ui.fmt(cell['lr_plateau_max'])}, "
            f"B {ui.fmt(cell['B_plateau_min'])}–{ui.fmt(cell['B_plateau_max'])}")
 ui.table(cells)
-ui.register("hyperparameters", figures={"lr_batch_heatmap": fig_heat}, tables={"cells": cells})
+edge = edge_cells(points, cells)
+if edge:
+    st.warning(f"The optimum lies on the edge of the grid swept in {len(edge)} cells ({'; '.join(edge[:4])}): the "
+               "true optimum may lie beyond it; extend the lr or B range there")
+settings = {"method": method, "tolerance": tolerance, "bootstrap": bootstrap}
+ui.register("hyperparameters", figures={"lr_batch_heatmap": fig_heat}, tables={"cells": cells},
+            provenance={**provenance, "settings": settings})
 
 if fit is not None:
     st.subheader(f"Laws across cells (method: {fit.method})")
@@ -60,7 +85,8 @@ if fit is not None:
         ui.show_law(fit.deepseek_lr, "lr*(C) = coef·C^exp_C")
         ui.show_law(fit.deepseek_batch, "B*(C) = coef·C^exp_C (tokens)")
         ui.table(fit.loo)
-    ui.register("hyperparameters", laws={"hparams": fit.to_dict()}, figures={"hparam_laws": fig_laws})
+    ui.register("hyperparameters", laws={"hparams": fit.to_dict()}, figures={"hparam_laws": fig_laws},
+                provenance={**provenance, "settings": settings})
 
     st.subheader("Calculator")
     by = st.radio("Target given by", ["N and D", "C"], horizontal=True, key="hp_calc_by")
@@ -72,9 +98,14 @@ if fit is not None:
                             key="hp_calc_D")
         pred = predict_hparams(fit, N=N, D=D)
     else:
-        C = k1.number_input("C (FLOPs)", 1.0, value=float(f"{cells['C'].max() * 100:.1e}"), format="%.3e",
+        C = k1.number_input("C = 6·N·D (FLOPs)", 1.0, value=float(f"{cells['C'].max() * 100:.1e}"), format="%.3e",
                             key="hp_calc_C")
         pred = predict_hparams(fit, C=C)
+    if by == "N and D":
+        ui.warn_extrapolation(N, float(cells["N"].max()), "N")
+        ui.warn_extrapolation(D, float(cells["D"].max()), "D")
+    else:
+        ui.warn_extrapolation(C, float(cells["C"].max()), "C")
     m1, m2 = st.columns(2)
     m1.metric(f"lr* ({pred.form} form)", ui.fmt(pred.lr))
     m1.caption(f"lr* = {ui.interval(pred.lr, pred.lr_ci95)}")
