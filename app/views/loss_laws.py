@@ -149,7 +149,8 @@ if tab_holdout.open:  # lazy tabs: a widget change recomputes the open tab only
             below = cs[cs < threshold]
             if below.size and below.max() > threshold * (1 - 0.05):
                 st.warning(f"C = {below.max():.3g} and {threshold:.3g} differ by less than 5%: one budget is "
-                           "likely split between the fit and the held-out runs; move the threshold to a gap between budgets")
+                           "likely split between the fit and the held-out runs; move the threshold to a gap "
+                           "between budgets")
             try:
                 report = fits.holdout(points, form, float(threshold), bootstrap, mode == VALIDATION)
             except (PointsError, RuntimeError) as err:
