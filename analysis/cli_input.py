@@ -14,6 +14,7 @@ import polars as pl
 from analysis.laws.curve_points import CurvePointsError, check_schedule_free, summarize
 from analysis.load import load_curves, load_runs, load_table
 from analysis.points import Points, branch_runs, law_points, training_runs, validation_points
+from tracking.record import Metric
 
 
 class CliError(ValueError):
@@ -110,7 +111,7 @@ def _curve_frame(args: argparse.Namespace, runs: pl.DataFrame, mode: str, say: P
             check_schedule_free(runs)  # before reading any curve: a refusal costs no query
         say(f"loading the val/loss curves of {runs.height} runs")
         curves = load_curves(args.tracking_uri, args.experiment, run_ids=runs["run_id"].to_list(),
-                             metrics=["val/loss"])
+                             metrics=[Metric.VAL_LOSS])
         points = validation_points(runs, curves, mode, min_fraction=args.min_fraction, min_D=args.min_D)
     except CurvePointsError as err:
         raise CliError(f"--curve-points {mode}: {err}") from err

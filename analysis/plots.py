@@ -17,7 +17,7 @@ import polars as pl
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from tracking.record import compute
+from tracking.record import Metric, compute
 
 # The laws are imported where a figure evaluates one, not here: they pull in scipy (seconds to import), and the
 # dashboard's Home and Runs pages, which only draw curves, should not wait for it.
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 LABELS = {
     "N": "N (non-embedding parameters)", "D": "D (tokens)", "C": "C = 6·N·D (FLOPs)", "loss": "L (nats/token)",
     "B": "B (tokens)", "lr": "lr (peak)", "tokens": "D (tokens seen)",
-    "model_flops": "model FLOPs (attention and head included)",
+    Metric.MODEL_FLOPS: "model FLOPs (attention and head included)",
     "step": "S (optimizer steps)", "residual": "ln L − ln L̂ (log residual)",
 }
 CURVE_X = ("tokens", "C", "step")
@@ -281,7 +281,7 @@ def _thin(g: pl.DataFrame, limit: int = MAX_CURVE_POINTS) -> pl.DataFrame:
     return g.with_row_index("_i").filter((pl.col("_i") % k == 0) | (pl.col("_i") == g.height - 1)).drop("_i")
 
 
-def learning_curves(curves: pl.DataFrame, runs: pl.DataFrame | None = None, metric: str = "val/loss",
+def learning_curves(curves: pl.DataFrame, runs: pl.DataFrame | None = None, metric: str = Metric.VAL_LOSS,
                     x: str = "tokens", log_x: bool = True, log_y: bool = False, color_by: str | None = None,
                     smoothing: float = 0.0) -> go.Figure:
     """One line per run of `metric` against tokens, C (6·N·tokens spent) or step, named by run_name when `runs`
@@ -397,7 +397,7 @@ def hparam_laws(result: HparamsResult) -> go.Figure:
 
 def noise_scale(curves: pl.DataFrame, runs: pl.DataFrame | None = None, x: str = "tokens") -> go.Figure:
     """Gradient noise scale B_simple (tokens, metric noise/b_simple) over training, one line per run."""
-    fig = learning_curves(curves, runs, metric="noise/b_simple", x=x, log_x=True, log_y=True)
+    fig = learning_curves(curves, runs, metric=Metric.B_SIMPLE, x=x, log_x=True, log_y=True)
     fig.update_layout(title="Gradient noise scale B_simple over training")
     fig.update_yaxes(title="B_simple (tokens)")
     return fig

@@ -25,8 +25,8 @@ from analysis.points import POINT_COLUMNS, Points
 from tracking.record import Metric
 
 STORE_TTL_S = 600  # a store being written by a sweep changes; the sidebar's "Reload data" refreshes sooner
-METRICS = ("val/loss", "train/loss", "val/bpb", "lr", "grad_norm", "noise/b_simple", "batch_tokens",
-           "throughput/tokens_per_s", "mfu")
+METRICS = (Metric.VAL_LOSS, Metric.TRAIN_LOSS, Metric.VAL_BPB, Metric.LR, Metric.GRAD_NORM, Metric.B_SIMPLE,
+           Metric.BATCH_TOKENS, Metric.TOKENS_PER_S, Metric.MFU)
 """Per-step metrics that lab-train records (design §5), offered for learning curves."""
 
 

@@ -15,6 +15,7 @@ import streamlit as st
 
 from analysis.load import LoadError
 from app import data, default_uri
+from tracking.record import Tag
 
 if TYPE_CHECKING:  # type-only: the fitting code imports scipy, which Home and Runs do not need
     import plotly.graph_objects as go
@@ -76,7 +77,7 @@ def run_filters(runs: pl.DataFrame) -> pl.DataFrame:
                       sanitize=lambda v, o=options: [x for x in v if x in o], placeholder="all")
         if chosen:
             runs = runs.filter(pl.col(column).is_in(chosen))
-    tags = ["design", "git_commit", "parent_run_id", *sorted(c for c in runs.columns if c.startswith("tag."))]
+    tags = ["design", Tag.GIT_COMMIT, "parent_run_id", *sorted(c for c in runs.columns if c.startswith("tag."))]
     tags = [t for t in tags if t in runs.columns and runs[t].null_count() < runs.height]
     tag = kept(st.sidebar.selectbox, "Tag", "filter_tag", None, options=tags, index=None, placeholder="any",
                sanitize=lambda v: v if v in tags else None)

@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests" / "app")]
 from load_runs import build_store  # noqa: E402  (the loader benchmark's store, reused rather than copied)
+from tracking.record import Metric  # noqa: E402
 
 TARGET_S = 3.0
 
@@ -56,7 +57,7 @@ def server_side(uri: str) -> dict[str, float]:
     runs_page = time.perf_counter() - t0
     charts = len(at.get("plotly_chart"))
     t0 = time.perf_counter()
-    at.selectbox(key="runs_metric").select("train/loss").run()
+    at.selectbox(key="runs_metric").select(Metric.TRAIN_LOSS).run()
     widget = time.perf_counter() - t0
     if at.exception or charts != 1:
         raise RuntimeError(f"the Runs page did not render its chart: {[e.message for e in at.exception]}")

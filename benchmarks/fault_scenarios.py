@@ -29,6 +29,7 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reliability_scenarios import BIN, audit_run, build_corpus, env, problems, tally  # noqa: E402
+from tracking.record import Checkpoint, Metric, Tag
 
 PREEMPTED = re.compile(r"preempted by (SIG\w+) after step (\d+) of (\d+)")
 
@@ -75,7 +76,7 @@ def audit_retried_study(workdir: Path, study: str) -> tuple[list[Any], Any, list
     trials = optuna.load_study(study_name=study, storage=f"sqlite:///{workdir}/optuna.db").get_trials()
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     found = client.search_runs([e.experiment_id for e in client.search_experiments()], f"tags.optuna_study = '{study}'")
-    runs = [r for r in found if r.data.tags.get("optuna_role") != "parent"]
+    runs = [r for r in found if r.data.tags.get(Tag.OPTUNA_ROLE) != "parent"]
     run_id = trials[0].user_attrs.get("mlflow_run_id")
     return trials, (audit_run(client, run_id) if run_id else None), runs
 
@@ -89,7 +90,7 @@ def killed_study_worker(workdir: Path, signum: int) -> dict[str, Any]:
     study = f"{signal.Signals(signum).name.lower()}-worker"
     first = study_worker(workdir, study)
     try:
-        wait_for((workdir / "ckpt" / "smoke_study" / f"{study}-t0000" / "last.ckpt").exists, first, "a checkpoint")
+        wait_for((workdir / "ckpt" / "smoke_study" / f"{study}-t0000" / Checkpoint.LAST).exists, first, "a checkpoint")
         time.sleep(0.3)  # train and report past it: steps the retry must not record twice
         first.send_signal(signum)
         first_out = output(first)
@@ -106,11 +107,11 @@ def killed_study_worker(workdir: Path, signum: int) -> dict[str, Any]:
     trials, audit, runs = audit_retried_study(workdir, study)
     retry = trials[-1] if len(trials) > 1 else None
     tags = runs[0].data.tags if len(runs) == 1 else {}
-    survived = (mid_run and retry is not None and retry.state.name == "COMPLETE" and tags.get("resumes") == "1"
+    survived = (mid_run and retry is not None and retry.state.name == "COMPLETE" and tags.get(Tag.RESUMES) == "1"
                 and retry.user_attrs.get("mlflow_run_id") == trials[0].user_attrs.get("mlflow_run_id"))
     return tally(1, [audit], [len(runs)], faults=1, survived=survived, signal=signal.Signals(signum).name,
                  trials=[t.state.name for t in trials], first_exit=first.returncode, second_exit=second.returncode,
-                 resumed_after=tags.get("resumed_after"),
+                 resumed_after=tags.get(Tag.RESUMED_AFTER),
                  output_tail="" if survived else (first_out[-1500:] + second_out[-1500:]))
 
 
@@ -149,7 +150,7 @@ def scenario_sigterm_slurm_job(workdir: Path) -> dict[str, Any]:
         if not (runs and jobs):
             return None
         run_id = json.loads(runs[0].read_text())["run_id"]
-        steps = len(MlflowClient(uri).get_metric_history(run_id, "train/loss"))
+        steps = len(MlflowClient(uri).get_metric_history(run_id, Metric.TRAIN_LOSS))
         return (int(jobs[0].name), run_id) if steps >= 20 else None
 
     try:
@@ -162,9 +163,9 @@ def scenario_sigterm_slurm_job(workdir: Path) -> dict[str, Any]:
     run = client.get_run(run_id)
     same_name = client.search_runs([run.info.experiment_id], f"tags.mlflow.runName = '{run.info.run_name}'")
     job_log = (submitit_dir / str(job) / f"{job}_0_log.out").read_text()
-    stopped = PREEMPTED.search(run.data.tags.get("resumed_after", ""))
+    stopped = PREEMPTED.search(run.data.tags.get(Tag.RESUMED_AFTER, ""))
     survived = (sweep.returncode == 0 and stopped is not None and "Requeued job" in job_log
-                and run.data.tags.get("resumes") == "1")
+                and run.data.tags.get(Tag.RESUMES) == "1")
     return tally(1, [audit_run(client, run_id)], [len(same_name)], faults=1, survived=survived,
                  preempted_at_step=int(stopped[2]) if stopped else None, steps=int(run.data.params["steps"]),
                  job_starts=job_log.count("Starting with JobEnvironment"), sweep_exit=sweep.returncode,

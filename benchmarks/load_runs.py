@@ -33,8 +33,9 @@ from pathlib import Path
 from polars.testing import assert_frame_equal
 
 from analysis.load import load_curves, load_runs
+from tracking.record import Metric
 
-METRICS_PER_STEP = ("train/loss", "tokens", "flops")
+METRICS_PER_STEP = (Metric.TRAIN_LOSS, "tokens", "flops")
 VAL_EVERY = 10
 T0 = 1_700_000_000_000  # epoch ms
 B_TOKENS = 256
@@ -53,8 +54,8 @@ def build_store(path: Path, runs: int, steps: int) -> None:
     for i in range(runs):
         N = 1e5 * (1 + i % 10)
         run_id = client.create_run(experiment, run_name=f"bench-{i:04d}", start_time=T0 + i).info.run_id
-        params = {"N": int(N), "N_total": int(N) + 16384, "optim.lr": 3e-3, "seq_len": 64, "B_tokens": B_TOKENS,
-                  "B_sequences": 4, "model.d_model": 64, "optim.schedule": "cosine"}
+        params = {"N": int(N), "N_total": int(N) + 16384, "optim.lr": 3e-3, "seq_len": 64, Param.B_TOKENS: B_TOKENS,
+                  Param.B_SEQUENCES: 4, "model.d_model": 64, "optim.schedule": "cosine"}
         client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
                          tags=[RunTag("sweep", "bench"), RunTag("design", "grid")])
         client.set_terminated(run_id, end_time=T0 + i + 1000 * (steps + 1))
@@ -72,14 +73,14 @@ def build_store(path: Path, runs: int, steps: int) -> None:
 
 def _values(N: float, step: int) -> dict[str, float]:
     loss = 2.0 + 1e3 / math.sqrt(N) + 3.0 / math.sqrt(step)
-    return {"train/loss": loss, "tokens": float(B_TOKENS * step), "flops": 6.0 * N * B_TOKENS * step,
-            "val/loss": loss + 0.05}
+    return {Metric.TRAIN_LOSS: loss, "tokens": float(B_TOKENS * step), "flops": 6.0 * N * B_TOKENS * step,
+            Metric.VAL_LOSS: loss + 0.05}
 
 
 def _rows(run_id: str, N: float, steps: int):
     for step in range(1, steps + 1):
         values = _values(N, step)
-        keys = METRICS_PER_STEP + (("val/loss",) if step % VAL_EVERY == 0 else ())
+        keys = METRICS_PER_STEP + ((Metric.VAL_LOSS,) if step % VAL_EVERY == 0 else ())
         for key in keys:
             yield key, values[key], T0 + 1000 * step, run_id, step
 
@@ -89,7 +90,7 @@ def _last_rows(run_id: str, N: float, steps: int):
     last_val = steps - steps % VAL_EVERY
     rows = [(key, values[key], T0 + 1000 * steps, run_id, steps) for key in METRICS_PER_STEP]
     if last_val:
-        rows.append(("val/loss", _values(N, last_val)["val/loss"], T0 + 1000 * last_val, run_id, last_val))
+        rows.append((Metric.VAL_LOSS, _values(N, last_val)[Metric.VAL_LOSS], T0 + 1000 * last_val, run_id, last_val))
     return rows
 
 

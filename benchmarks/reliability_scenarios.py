@@ -28,11 +28,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+from tracking.record import Checkpoint, Metric, Tag
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:{port}/{db}"
 PG_PORT = int(os.environ.get("LAB_POSTGRES_PORT", "5432"))
 BIN = Path(sys.executable).parent
-PER_STEP_KEYS = ("train/loss", "lr", "tokens", "batch_tokens", "flops", "grad_norm")
+PER_STEP_KEYS = (Metric.TRAIN_LOSS, "lr", "tokens", Metric.BATCH_TOKENS, "flops", Metric.GRAD_NORM)
 """Metrics lab logs at every optimizer step 1..S: each must appear exactly once per step."""
 COUNT_KEYS = ("launched", "recorded", "lost", "duplicated", "faults_injected", "faults_survived")
 
@@ -248,7 +249,7 @@ def audit_study(storage: str, study_name: str, tracking_uri: str) -> tuple[int, 
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
         filter_string=f"tags.optuna_study = '{study_name}'", max_results=10000)
-    per_trial = Counter(r.data.tags.get("optuna_trial") for r in runs if r.data.tags.get("optuna_role") != "parent")
+    per_trial = Counter(r.data.tags.get(Tag.OPTUNA_TRIAL) for r in runs if r.data.tags.get(Tag.OPTUNA_ROLE) != "parent")
     audits = [audit_run(client, t.user_attrs["mlflow_run_id"]) if "mlflow_run_id" in t.user_attrs else None
               for t in trials]
     return len(trials), audits, [per_trial[str(t.number)] for t in trials]
@@ -309,7 +310,7 @@ def study_on_server(workdir: Path, server: Any, workers: int = 8, trials_per_wor
 
 # --- a tracking server that goes away mid-run --------------------------------------------------------------------
 
-def metric_count(client: Any, run_id: str, key: str = "train/loss") -> int:
+def metric_count(client: Any, run_id: str, key: str = Metric.TRAIN_LOSS) -> int:
     try:
         return len(client.get_metric_history(run_id, key))
     except Exception:  # noqa: BLE001 - the run or the server may not be there yet
@@ -353,7 +354,8 @@ def start_training(workdir: Path, server: Any, name: str, steps: int, checkpoint
            f"data.cache_dir={workdir}/cache", f"hydra.run.dir={workdir}/outputs/{name}", *extra]
     proc = subprocess.Popen(cmd, cwd=workdir, env=env(MLFLOW_TRACKING_URI=server.uri), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # Hydra logs warnings to stdout
-    return TrainProcess(proc, cmd, ckpt / "smoke" / name / "run.json", ckpt / "smoke" / name / "last.ckpt")
+    run_dir = ckpt / "smoke" / name
+    return TrainProcess(proc, cmd, run_dir / Checkpoint.RUN_RECORD, run_dir / Checkpoint.LAST)
 
 
 def wait_for_steps(run: TrainProcess, client: Any, at_least: int, timeout_s: float = 300) -> int:
@@ -399,7 +401,7 @@ def outage_run(workdir: Path, server: Any, outage_s: float, mode: str = "kill", 
         run.kill()
     t_end = time.time()
     audit = audit_run(client, run.run_id)
-    stamps = [m.timestamp / 1000 for m in client.get_metric_history(run.run_id, "train/loss")]
+    stamps = [m.timestamp / 1000 for m in client.get_metric_history(run.run_id, Metric.TRAIN_LOSS)]
     during = sum(1 for t in stamps if t_down <= t <= t_up)
     survived = run.proc.returncode == 0 and during > 0
     return tally(1, [audit], [1], faults=1, survived=survived, mode=mode, outage_s=round(t_up - t_down, 1),
@@ -419,7 +421,7 @@ def pending_in_checkpoint(path: Path) -> int:
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:  # a copy: the run may be rewriting it
-        copy = Path(tmp) / "last.ckpt"
+        copy = Path(tmp) / Checkpoint.LAST
         shutil.copy(path, copy)
         return len(torch.load(copy, weights_only=True, map_location="cpu").get("lab_pending_metrics", []))
 

@@ -35,6 +35,7 @@ os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads: one core per run in b
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from sweeps.cli import run_sweep  # noqa: E402
+from tracking.record import Metric
 
 LAB_TRAIN = str(Path(sys.executable).parent / "lab-train")
 RUN = ["experiment=smoke", "trainer.threads=1", "trainer.progress_bar=false"]
@@ -55,7 +56,7 @@ class LaunchTimes(logging.Handler):
 
 def loss_times(client: MlflowClient, run_id: str) -> tuple[float, float, int]:
     """(first, last) train/loss timestamps in seconds and the number of steps."""
-    history = sorted(client.get_metric_history(run_id, "train/loss"), key=lambda m: m.step)
+    history = sorted(client.get_metric_history(run_id, Metric.TRAIN_LOSS), key=lambda m: m.step)
     return history[0].timestamp / 1000, history[-1].timestamp / 1000, len(history)
 
 

@@ -26,13 +26,13 @@ from typing import Literal
 
 import polars as pl
 
-from tracking.record import compute
+from tracking.record import Metric, compute
 
 from analysis.validate import PointsError
 
 Mode = Literal["final", "schedule-free", "all"]
 MODES: tuple[str, ...] = ("final", "schedule-free", "all")
-VAL_LOSS = "val/loss"
+VAL_LOSS = Metric.VAL_LOSS
 # Schedules whose LR at a token count does not depend on the planned run length (see the module docstring).
 SCHEDULE_FREE = ("constant",)
 SCHEDULE_FREE_WITH_ABSOLUTE_WARMUP = ("inverse_sqrt",)

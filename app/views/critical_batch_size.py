@@ -9,7 +9,7 @@ import streamlit as st
 from analysis import plots
 from analysis.laws.cbs import CBS_TOLERANCE, propose_batch_warmup
 from analysis.validate import PointsError
-from tracking.record import Tag
+from tracking.record import Metric, Tag
 from analysis.points import DEFAULT_GRANULARITY, cbs_settings
 from app import data, fits, selection, ui
 
@@ -23,7 +23,7 @@ labels = ui.run_labels(runs)
 picked = st.multiselect("Runs (their noise/b_simple history is loaded for these only)", list(labels),
                         default=ui.default_runs(runs), format_func=labels.get, key="cbs_runs", max_selections=50)
 x = st.radio("Against", list(plots.CURVE_X), horizontal=True, key="cbs_x")
-noise = data.curves(uri, tuple(picked), ("noise/b_simple",))
+noise = data.curves(uri, tuple(picked), (Metric.B_SIMPLE,))
 if noise.height:
     fig_noise = plots.noise_scale(noise, runs, x=x)
     ui.chart(fig_noise, key="cbs_noise")

@@ -13,6 +13,7 @@ import streamlit as st
 from analysis import plots
 from analysis.points import SWEEP, branch_runs
 from app import data, ui
+from tracking.record import Metric
 
 PICK = "runs picked below"
 MAX_PLOTTED = 50
@@ -64,7 +65,7 @@ color_by = c3.selectbox("Colour by", color_options, index=1 if len(color_options
 smoothing = c4.slider("Smoothing", 0.0, 0.99, 0.0, 0.01, key="runs_smoothing",
                       help="Exponential moving average of the values (debiased), as TensorBoard's slider")
 log_x = c5.checkbox("log x", value=True, key="runs_log_x")
-log_y = c6.checkbox("log y", value=metric in ("val/loss", "train/loss", "noise/b_simple"), key="runs_log_y")
+log_y = c6.checkbox("log y", value=metric in (Metric.VAL_LOSS, Metric.TRAIN_LOSS, Metric.B_SIMPLE), key="runs_log_y")
 
 if not picked:
     st.info("Pick runs above to see their learning curves.")
