@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
-from lab import flops, init, parallel, preemption
+from lab import flops, init, lineage, parallel, preemption
 from lab.config import ConfigError, TrainConfig
 from lab.datamodule import TokenData
 from lab.model import GPT, GPTConfig, gpt_config
@@ -237,6 +237,7 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
                                 **(p.branch.params(cfg.model.seq_len) if p.branch else {}),
                                 **parallel.describe(parallelism)})
         if parallel.rank() == 0:  # other ranks (relaunched by Lightning or srun) have no MLflow run of their own
+            lineage.record_data(logger.experiment, logger.run_id, data.lineage)
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             (ckpt_dir / "run.json").write_text(json.dumps({"run_id": logger.run_id, "run_name": run_name,
                                                              "params": trajectory_params(cfg)}))
@@ -248,7 +249,7 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
     module = LitGPT(
         GPT(gpt_cfg), cfg.optim, plan,
         Accounting(seq_len=cfg.model.seq_len, flops_per_token=flops.flops_per_token(gpt_cfg),
-                   peak_flops=p.peak_flops, bytes_per_token=1.0 if cfg.data.source == "builtin" else None),
+                   peak_flops=p.peak_flops, bytes_per_token=data.bytes_per_token),
         val_data=data.validation(), val_every_steps=cfg.trainer.val_every_steps, max_loss=cfg.trainer.max_loss,
         micro_batch=cfg.batch.micro_batch, parallelism=parallelism, loss_chunk=cfg.trainer.fused_ce_chunk)
     t = cfg.trainer

@@ -1,0 +1,233 @@
+"""Documents → token shards: the split, the shard cuts, resuming, and the parallel encoder.
+
+Documents are numbered 0, 1, 2, ... in input order. Each non-empty document goes to the validation split iff the first
+8 bytes of sha256(its UTF-8 text), read as a fraction of 2^64, fall below ``val_fraction`` (stable across machines
+and runs; duplicates land in one split). Its tokens are the end-of-text id followed by its text's ids (llm.c's
+``fineweb.py`` convention), and each split is the concatenation of its documents' tokens, cut into shards of exactly
+``shard_tokens`` tokens (the last one shorter): ``{split}_{index:06d}.bin``, llm.c layout.
+
+Resume: after each shard the state file records, per split, the shards written and where the next shard starts
+(document number and token offset within it). A killed run re-reads the inputs from the earliest such document,
+encodes only the documents a split still needs, and skips what its shards already hold, so its shards are
+byte-identical to an uninterrupted run's. Shards, the trained tokenizer and the state are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from lab.shards.errors import PrepareError
+from lab.shards.inputs import Source, iter_documents
+from lab.shards.tokenizers import Encoder, TokenizerSpec, load_encoder
+
+SPLITS = ("train", "val")
+STATE_FILE = ".lab-data-state.json"
+KILL_AFTER_SHARDS_ENV = "LAB_DATA_KILL_AFTER_SHARDS"
+"""Tests only: SIGKILL this process right after it has written this many shards (a real kill at a known point)."""
+
+
+def is_validation(text_bytes: bytes, val_fraction: float) -> bool:
+    return int.from_bytes(hashlib.sha256(text_bytes).digest()[:8], "big") < val_fraction * 2**64
+
+
+@dataclass
+class SplitState:
+    """One split's progress: shards written, and where the next shard's first token comes from."""
+
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    next_doc: int = 0
+    next_offset: int = 0
+    documents: int = 0
+    """Documents whose first token lies in a written shard."""
+    bytes: int = 0
+
+
+@dataclass
+class _Piece:
+    doc: int
+    offset: int
+    """Index of this piece's first token within its document's tokens."""
+    tokens: np.ndarray
+    n_bytes: int
+    """The document's UTF-8 bytes when this piece starts the document, else 0 (already counted)."""
+
+
+class SplitWriter:
+    """Buffers one split's tokens and writes a shard whenever ``shard_tokens`` are buffered."""
+
+    def __init__(self, split: str, out: Path, shard_tokens: int, vocab_size: int, state: SplitState) -> None:
+        self.split, self.out, self.shard_tokens, self.vocab_size, self.state = split, out, shard_tokens, vocab_size, state
+        self.buffer: list[_Piece] = []
+        self.buffered = 0
+
+    def wants(self, doc: int) -> bool:
+        return doc >= self.state.next_doc
+
+    def add(self, doc: int, tokens: np.ndarray, n_bytes: int) -> int:
+        """Buffer a document's tokens (less what written shards hold); returns how many shards this completed."""
+        offset = self.state.next_offset if doc == self.state.next_doc else 0
+        self.buffer.append(_Piece(doc, offset, tokens[offset:], n_bytes if offset == 0 else 0))
+        self.buffered += len(tokens) - offset
+        written = 0
+        while self.buffered >= self.shard_tokens:
+            self._write(self.shard_tokens)
+            written += 1
+        return written
+
+    def finish(self) -> int:
+        if self.buffered:
+            self._write(self.buffered)
+            return 1
+        return 0
+
+    def _write(self, count: int) -> None:
+        from lab.data.tokens import write_llmc_shard
+
+        parts, need = [], count
+        while need:
+            piece = self.buffer[0]
+            take = min(need, len(piece.tokens))
+            parts.append(piece.tokens[:take])
+            if piece.n_bytes:
+                self.state.documents += 1
+                self.state.bytes += piece.n_bytes
+            need -= take
+            if take == len(piece.tokens):
+                self.buffer.pop(0)
+            else:
+                self.buffer[0] = _Piece(piece.doc, piece.offset + take, piece.tokens[take:], 0)
+        self.buffered -= count
+        name = f"{self.split}_{len(self.state.shards):06d}.bin"
+        tokens = np.concatenate(parts)
+        path = write_llmc_shard(self.out / name, tokens, vocab_size=self.vocab_size)
+        self.state.shards.append({"file": name, "tokens": int(count),
+                                  "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+        if self.buffer:
+            self.state.next_doc, self.state.next_offset = self.buffer[0].doc, self.buffer[0].offset
+        else:  # the shard ended with a document: the next shard starts with the next one this split takes
+            self.state.next_doc, self.state.next_offset = self._last_doc + 1, 0
+
+    def note_doc(self, doc: int) -> None:
+        self._last_doc = doc
+
+
+# --- the worker side: one encoder per process ----------------------------------------------------------------------
+
+_ENCODER: Optional[Encoder] = None
+
+
+def _init_worker(spec: TokenizerSpec, trained: Optional[str]) -> None:
+    global _ENCODER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
+    _ENCODER = load_encoder(spec, Path(trained) if trained else None)
+
+
+def _encode(texts: list[str]) -> list[np.ndarray]:
+    assert _ENCODER is not None
+    return _ENCODER.encode_batch(texts)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    docs: list[int]
+    splits: list[str]
+    sizes: list[int]
+    texts: list[str]
+
+
+def batches(sources: Sequence[Source], start_doc: int, wanted, val_fraction: float,
+            batch_bytes: int) -> Iterator[_Batch]:
+    """Documents from ``start_doc`` on that ``wanted(doc, split)`` keeps, in batches of about ``batch_bytes``."""
+    doc = -1
+    batch = _Batch([], [], [], [])
+    size = 0
+    for source in sources:
+        for text in iter_documents(source):
+            if not text:
+                continue
+            doc += 1
+            if doc < start_doc:
+                continue
+            raw = text.encode("utf-8")
+            split = "val" if is_validation(raw, val_fraction) else "train"
+            if not wanted(doc, split):
+                continue
+            batch.docs.append(doc), batch.splits.append(split), batch.sizes.append(len(raw)), batch.texts.append(text)
+            size += len(raw)
+            if size >= batch_bytes:
+                yield batch
+                batch, size = _Batch([], [], [], []), 0
+    if batch.docs:
+        yield batch
+
+
+def write_shards(sources: Sequence[Source], spec: TokenizerSpec, trained: Optional[Path], encoder: Encoder,
+                 out: Path, states: dict[str, SplitState], *, val_fraction: float, shard_tokens: int, workers: int,
+                 batch_bytes: int, save_state, progress: bool) -> None:
+    """Encode and shard every document the splits still need; ``save_state()`` runs after each shard."""
+    from tqdm import tqdm
+
+    writers = {s: SplitWriter(s, out, shard_tokens, encoder.vocab_size, states[s]) for s in SPLITS}
+    start = min(w.state.next_doc for w in writers.values())
+    stream = batches(sources, start, lambda doc, split: writers[split].wants(doc), val_fraction, batch_bytes)
+    kill_after = int(os.environ.get(KILL_AFTER_SHARDS_ENV, "0"))
+    written = sum(len(s.shards) for s in states.values())
+    pool = None
+    if workers > 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process: the processes are the parallelism
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        pool = context.Pool(workers, initializer=_init_worker, initargs=(spec, str(trained) if trained else None))
+    in_flight: deque = deque()  # (batch, its pending encoding): at most 2 per worker, so memory stays bounded
+
+    def consume(batch: _Batch, ids: list[np.ndarray], bar) -> None:
+        nonlocal written
+        for doc, split, size, tokens in zip(batch.docs, batch.splits, batch.sizes, ids):
+            writer = writers[split]
+            writer.note_doc(doc)
+            for _ in range(writer.add(doc, tokens, size)):
+                written += 1
+                save_state()
+                if kill_after and written >= kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        bar.update(sum(len(t) for t in ids))
+
+    try:
+        with tqdm(unit="tok", unit_scale=True, desc="lab-data", disable=not progress, smoothing=0.1) as bar:
+            for batch in stream:
+                if pool is None:
+                    consume(batch, encoder.encode_batch(batch.texts), bar)
+                    continue
+                in_flight.append((batch, pool.apply_async(_encode, (batch.texts,))))
+                if len(in_flight) >= 2 * workers:
+                    done, result = in_flight.popleft()
+                    consume(done, result.get(), bar)
+            while in_flight:
+                done, result = in_flight.popleft()
+                consume(done, result.get(), bar)
+        for writer in writers.values():
+            if writer.finish():
+                save_state()
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def state_to_json(fingerprint: str, states: dict[str, SplitState], extra: dict[str, Any]) -> bytes:
+    doc = {"fingerprint": fingerprint, **extra, "splits": {s: vars(states[s]) for s in SPLITS}}
+    return json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
+
+
+def states_from_json(doc: dict[str, Any]) -> dict[str, SplitState]:
+    return {s: SplitState(**doc["splits"][s]) for s in SPLITS}
