@@ -20,7 +20,16 @@ from lab.shards.errors import PrepareError
 from lab.shards.inputs import TEXT_SPLITS, Source, describe, iter_documents, resolve_inputs
 from lab.shards.manifest import build_manifest, write_manifest
 from lab.shards.tokenizers import TOKENIZER_FILE, load_encoder, parse_spec, train_bpe
-from lab.shards.writer import SPLITS, STATE_FILE, SplitState, is_validation, state_to_json, states_from_json, write_shards
+from lab.shards.writer import (
+    SPLITS,
+    STATE_FILE,
+    SplitState,
+    forced_validation_doc,
+    split_documents,
+    state_to_json,
+    states_from_json,
+    write_shards,
+)
 
 FORMAT_VERSION = 1
 """Bump when the way documents become shards changes, so an old unfinished run is not resumed into a new layout."""
@@ -74,16 +83,14 @@ def _first_document(sources: list[Source]) -> None:
     raise PrepareError(f"the input holds no text ({shown})", "check the files and --text-column")
 
 
-def _training_texts(sources: list[Source], val_fraction: float, limit: int):
+def _training_texts(sources: list[Source], val_fraction: float, forced_val: Optional[int], limit: int):
     seen = 0
-    for source in sources:
-        for text in iter_documents(source):
-            raw = text.encode("utf-8")
-            if text and not is_validation(raw, val_fraction):
-                yield text
-                seen += len(raw)
-                if seen >= limit:
-                    return
+    for _, split, text, raw in split_documents(sources, val_fraction, forced_val):
+        if split == "train":
+            yield text
+            seen += len(raw)
+            if seen >= limit:
+                return
 
 
 def prepare(o: PrepareOptions) -> Path:
@@ -94,6 +101,7 @@ def prepare(o: PrepareOptions) -> Path:
     spec = parse_spec(o.tokenizer, o.eos)
     encoder = None if spec.kind == "bpe" else load_encoder(spec)
     _first_document(sources)
+    forced_val = forced_validation_doc(sources, o.val_fraction)
     described = [describe(s) for s in sources]
     settings: dict[str, Any] = {"val_fraction": o.val_fraction, "shard_tokens": o.shard_tokens,
                                 "text_column": o.text_column, "text_split": o.text_split, "format_version": FORMAT_VERSION,
@@ -129,7 +137,7 @@ def prepare(o: PrepareOptions) -> Path:
     if trained is not None:
         if not (state_path.is_file() and trained.is_file()):
             assert o.vocab_size is not None
-            train_bpe(_training_texts(sources, o.val_fraction, o.bpe_train_bytes), o.vocab_size, trained)
+            train_bpe(_training_texts(sources, o.val_fraction, forced_val, o.bpe_train_bytes), o.vocab_size, trained)
         encoder = load_encoder(spec, trained)
     assert encoder is not None
 
@@ -137,7 +145,7 @@ def prepare(o: PrepareOptions) -> Path:
         atomic_write(state_path, [state_to_json(fingerprint, states, {})])
 
     save_state()
-    write_shards(sources, spec, trained, encoder, out, states, val_fraction=o.val_fraction,
+    write_shards(sources, spec, trained, encoder, out, states, val_fraction=o.val_fraction, forced_val=forced_val,
                  shard_tokens=o.shard_tokens, workers=o.workers, batch_bytes=o.batch_bytes, save_state=save_state,
                  progress=o.progress)
     empty = [s for s in SPLITS if not states[s].shards]
@@ -145,8 +153,8 @@ def prepare(o: PrepareOptions) -> Path:
         n_docs = sum(states[s].documents for s in SPLITS)
         raise PrepareError(f"the {empty[0]} split got no documents ({n_docs} documents, --val-fraction {o.val_fraction}); "
                            f"{out} holds the other split's shards but no manifest",
-                           "give more documents, raise --val-fraction, or --text-split paragraph for a few long "
-                           "text files; then delete the directory and run again")
+                           "give at least two documents (or --text-split paragraph for one long text file); then "
+                           "delete the directory and run again")
     doc = build_manifest(name=o.name or out.resolve().name, fingerprint=fingerprint, tokenizer=encoder.describe(),
                          vocab_size=encoder.vocab_size, eos_id=encoder.eos_id, states=states, sources=described,
                          settings=settings)

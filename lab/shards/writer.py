@@ -1,8 +1,9 @@
 """Documents → token shards: the split, the shard cuts, resuming, and the parallel encoder.
 
-Documents are numbered 0, 1, 2, ... in input order. Each non-empty document goes to the validation split iff the first
-8 bytes of sha256(its UTF-8 text), read as a fraction of 2^64, fall below ``val_fraction`` (stable across machines
-and runs; duplicates land in one split). Its tokens are the end-of-text id followed by its text's ids (llm.c's
+Documents (the non-empty ones) are numbered 0, 1, 2, ... in input order. Each goes to the validation split iff the
+first 8 bytes of sha256(its UTF-8 text), read as a fraction of 2^64, fall below ``val_fraction`` (stable across
+machines and runs; duplicates land in one split); if no document does, the one with the lowest hash goes there, so a
+small input still gets both splits. Its tokens are the end-of-text id followed by its text's ids (llm.c's
 ``fineweb.py`` convention), and each split is the concatenation of its documents' tokens, cut into shards of exactly
 ``shard_tokens`` tokens (the last one shorter): ``{split}_{index:06d}.bin``, llm.c layout.
 
@@ -37,8 +38,40 @@ KILL_AFTER_SHARDS_ENV = "LAB_DATA_KILL_AFTER_SHARDS"
 """Tests only: SIGKILL this process right after it has written this many shards (a real kill at a known point)."""
 
 
-def is_validation(text_bytes: bytes, val_fraction: float) -> bool:
-    return int.from_bytes(hashlib.sha256(text_bytes).digest()[:8], "big") < val_fraction * 2**64
+def _hash_fraction(text_bytes: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(text_bytes).digest()[:8], "big")
+
+
+def forced_validation_doc(sources: Sequence[Source], val_fraction: float) -> Optional[int]:
+    """The document that goes to validation because no document's hash falls below ``val_fraction``, else None.
+
+    Stops at the first document that does fall below (after about 1/val_fraction documents), so it costs a full
+    read only of an input so small that its validation split would otherwise be empty.
+    """
+    lowest, lowest_doc = 2**64, None
+    for doc, text in enumerate(text for source in sources for text in iter_documents(source) if text):
+        value = _hash_fraction(text.encode("utf-8"))
+        if value < val_fraction * 2**64:
+            return None
+        if value < lowest:
+            lowest, lowest_doc = value, doc
+    return lowest_doc
+
+
+def split_documents(sources: Sequence[Source], val_fraction: float, forced_val: Optional[int],
+                    start_doc: int = 0) -> Iterator[tuple[int, str, str, bytes]]:
+    """(document number, split, text, UTF-8 bytes) of every non-empty document from ``start_doc`` on."""
+    doc = -1
+    for source in sources:
+        for text in iter_documents(source):
+            if not text:
+                continue
+            doc += 1
+            if doc < start_doc:
+                continue
+            raw = text.encode("utf-8")
+            is_val = doc == forced_val or _hash_fraction(raw) < val_fraction * 2**64
+            yield doc, "val" if is_val else "train", text, raw
 
 
 @dataclass
@@ -146,41 +179,33 @@ class _Batch:
     texts: list[str]
 
 
-def batches(sources: Sequence[Source], start_doc: int, wanted, val_fraction: float,
+def batches(sources: Sequence[Source], start_doc: int, wanted, val_fraction: float, forced_val: Optional[int],
             batch_bytes: int) -> Iterator[_Batch]:
     """Documents from ``start_doc`` on that ``wanted(doc, split)`` keeps, in batches of about ``batch_bytes``."""
-    doc = -1
     batch = _Batch([], [], [], [])
     size = 0
-    for source in sources:
-        for text in iter_documents(source):
-            if not text:
-                continue
-            doc += 1
-            if doc < start_doc:
-                continue
-            raw = text.encode("utf-8")
-            split = "val" if is_validation(raw, val_fraction) else "train"
-            if not wanted(doc, split):
-                continue
-            batch.docs.append(doc), batch.splits.append(split), batch.sizes.append(len(raw)), batch.texts.append(text)
-            size += len(raw)
-            if size >= batch_bytes:
-                yield batch
-                batch, size = _Batch([], [], [], []), 0
+    for doc, split, text, raw in split_documents(sources, val_fraction, forced_val, start_doc):
+        if not wanted(doc, split):
+            continue
+        batch.docs.append(doc), batch.splits.append(split), batch.sizes.append(len(raw)), batch.texts.append(text)
+        size += len(raw)
+        if size >= batch_bytes:
+            yield batch
+            batch, size = _Batch([], [], [], []), 0
     if batch.docs:
         yield batch
 
 
 def write_shards(sources: Sequence[Source], spec: TokenizerSpec, trained: Optional[Path], encoder: Encoder,
-                 out: Path, states: dict[str, SplitState], *, val_fraction: float, shard_tokens: int, workers: int,
+                 out: Path, states: dict[str, SplitState], *, val_fraction: float, forced_val: Optional[int],
+                 shard_tokens: int, workers: int,
                  batch_bytes: int, save_state, progress: bool) -> None:
     """Encode and shard every document the splits still need; ``save_state()`` runs after each shard."""
     from tqdm import tqdm
 
     writers = {s: SplitWriter(s, out, shard_tokens, encoder.vocab_size, states[s]) for s in SPLITS}
     start = min(w.state.next_doc for w in writers.values())
-    stream = batches(sources, start, lambda doc, split: writers[split].wants(doc), val_fraction, batch_bytes)
+    stream = batches(sources, start, lambda doc, split: writers[split].wants(doc), val_fraction, forced_val, batch_bytes)
     kill_after = int(os.environ.get(KILL_AFTER_SHARDS_ENV, "0"))
     written = sum(len(s.shards) for s in states.values())
     pool = None
