@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from analysis.laws.curve_points import CurvePointsError, check_schedule_free, curve_points, summarize
+from analysis.lineage import mixed_data_warning
 from analysis.load import load_curves, load_runs, load_table
 from analysis.runs import from_scratch
 
@@ -89,6 +90,8 @@ def frame(args: argparse.Namespace, needed: Sequence[str], say: Progress) -> pl.
             raise CliError(f"the {runs.height} finished runs selected are all critical-batch-size branches (tag "
                            "branch_of); fit them with lab-fit cbs, or select the sweep of runs trained from scratch")
         df = complete(scratch, needed, say)
+        if (mixed := mixed_data_warning(df)) is not None:  # a law across corpora or tokenizations mixes units
+            say(mixed, True)
         if mode != "final":
             df = _curve_frame(args, df, mode, say)
     return df.with_columns(N=pl.col("N_total")) if total else df

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from analysis.lineage import data_groups
+from analysis.load import load_runs
 from lab.config import ConfigError
 from lab.data import load_token_files, load_tokens
 from lab.data.manifest import read_manifest
@@ -87,6 +89,8 @@ def test_inputs_to_shards_to_training(tmp_path, kind, monkeypatch):
     assert run.data.metrics["val/bpb"] == pytest.approx(run.data.metrics["val/loss"] / np.log(2) / m.bytes_per_token)
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.name == "shards" and m.digest.startswith(dataset_input.dataset.digest)
+    groups = data_groups(load_runs(f"sqlite:///{tmp_path}/mlflow.db", "smoke"))  # what lab-fit checks before a fit
+    assert groups.to_dicts() == [{"digest": m.digest, "name": "shards", "tokenizer": m.tokenizer["digest"], "runs": 1}]
 
 
 def test_headline_command_line(tmp_path):
