@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lab.data.corpus import DOC_SEPARATOR, CorpusFiles
-from lab.data.tokens import TOKEN_DTYPE, atomic_write
+from lab.data.tokens import TOKEN_DTYPE, atomic_write, load_tokens
 
 _RECIPE_VERSION = 1
 
@@ -38,7 +38,7 @@ class SubwordCorpus:
 
 
 def _documents(path: Path) -> list[str]:
-    data = path.read_bytes()
+    data = np.asarray(load_tokens(path)).astype(np.uint8).tobytes()  # byte-level tokens are stored as uint16
     return [doc.decode("utf-8", errors="replace") for doc in data.split(bytes([DOC_SEPARATOR])) if doc]
 
 
