@@ -19,7 +19,7 @@ from lab.data.tokens import atomic_write
 from lab.shards.errors import PrepareError
 from lab.shards.inputs import TEXT_SPLITS, Source, describe, iter_documents, resolve_inputs
 from lab.shards.manifest import build_manifest, write_manifest
-from lab.shards.tokenizers import TOKENIZER_FILE, load_encoder, parse_spec, train_bpe
+from lab.shards.tokenizers import MIN_BPE_VOCAB, TOKENIZER_FILE, load_encoder, parse_spec, train_bpe
 from lab.shards.writer import (
     SPLITS,
     STATE_FILE,
@@ -70,17 +70,27 @@ def _check_options(o: PrepareOptions) -> None:
         raise PrepareError(f"--text-split {o.text_split!r} is unknown", f"use one of {', '.join(TEXT_SPLITS)}")
     if o.tokenizer == "bpe" and not o.vocab_size:
         raise PrepareError("--tokenizer bpe needs --vocab-size", "pass e.g. --vocab-size 4096")
+    if o.tokenizer == "bpe" and o.vocab_size is not None and o.vocab_size < MIN_BPE_VOCAB:
+        raise PrepareError(f"--vocab-size {o.vocab_size} is too small for a byte-level BPE (256 bytes + end-of-text)",
+                           f"use at least {MIN_BPE_VOCAB}, e.g. --vocab-size 4096")
     if o.tokenizer != "bpe" and o.vocab_size is not None:
         raise PrepareError(f"--vocab-size applies to --tokenizer bpe only (the {o.tokenizer} vocabulary is fixed)",
                            "drop --vocab-size, or use --tokenizer bpe")
 
 
-def _first_document(sources: list[Source]) -> None:
+def _check_documents(sources: list[Source]) -> None:
+    """Two non-empty documents at least (one per split); reads no further than the second."""
+    found = 0
     for source in sources:
-        if any(text.strip() for text in iter_documents(source)):
-            return
+        for text in iter_documents(source):
+            found += bool(text.strip())
+            if found == 2:
+                return
     shown = ", ".join(s.location for s in sources[:3]) + (" ..." if len(sources) > 3 else "")
-    raise PrepareError(f"the input holds no text ({shown})", "check the files and --text-column")
+    if found == 0:
+        raise PrepareError(f"the input holds no text ({shown})", "check the files and --text-column")
+    raise PrepareError(f"the input holds one document ({shown}): training and validation need one each at least",
+                       "give more documents, or --text-split paragraph to cut a text file at its blank lines")
 
 
 def _training_texts(sources: list[Source], val_fraction: float, forced_val: Optional[int], limit: int):
@@ -93,6 +103,18 @@ def _training_texts(sources: list[Source], val_fraction: float, forced_val: Opti
                 return
 
 
+def _check_written(out: Path, states: dict[str, SplitState]) -> None:
+    """The shards an unfinished run recorded are still there, whole (sizes match their token counts)."""
+    from lab.data.tokens import LLMC_HEADER_BYTES
+
+    for state in states.values():
+        for shard in state.shards:
+            path = out / shard["file"]
+            if not path.is_file() or (path.stat().st_size - LLMC_HEADER_BYTES) % shard["tokens"]:
+                raise PrepareError(f"{path}, a shard the unfinished run recorded, is missing or damaged",
+                                   "delete the directory and prepare again")
+
+
 def prepare(o: PrepareOptions) -> Path:
     """Write shards and the manifest under ``o.out``; returns the manifest's path."""
     _check_options(o)
@@ -100,7 +122,7 @@ def prepare(o: PrepareOptions) -> Path:
                              hf_revision=o.hf_revision, text_split=o.text_split)
     spec = parse_spec(o.tokenizer, o.eos)
     encoder = None if spec.kind == "bpe" else load_encoder(spec)
-    _first_document(sources)
+    _check_documents(sources)
     forced_val = forced_validation_doc(sources, o.val_fraction)
     described = [describe(s) for s in sources]
     settings: dict[str, Any] = {"val_fraction": o.val_fraction, "shard_tokens": o.shard_tokens,
@@ -126,25 +148,30 @@ def prepare(o: PrepareOptions) -> Path:
             raise PrepareError(f"{out} holds an unfinished preparation of other inputs or settings",
                                "re-run that command to finish it, choose another --out, or delete the directory")
         states = states_from_json(state)
+        _check_written(out, states)
         print(f"{out}: resuming after {sum(len(s.shards) for s in states.values())} complete shards", file=sys.stderr)
     elif out.exists() and any(out.iterdir()):
         raise PrepareError(f"--out {out} is not empty and holds no lab-data preparation", "choose an empty or new directory")
     else:
         states = {s: SplitState() for s in SPLITS}
     out.mkdir(parents=True, exist_ok=True)
-
-    trained = out / TOKENIZER_FILE if spec.kind == "bpe" else None
-    if trained is not None:
-        if not (state_path.is_file() and trained.is_file()):
-            assert o.vocab_size is not None
-            train_bpe(_training_texts(sources, o.val_fraction, forced_val, o.bpe_train_bytes), o.vocab_size, trained)
-        encoder = load_encoder(spec, trained)
-    assert encoder is not None
+    for stray in out.glob(".*.tmp"):  # a file a kill interrupted mid-write (atomic_write had not renamed it)
+        stray.unlink()
 
     def save_state() -> None:
         atomic_write(state_path, [state_to_json(fingerprint, states, {})])
 
-    save_state()
+    save_state()  # first: a run killed while training its tokenizer resumes rather than finding a foreign directory
+    trained = out / TOKENIZER_FILE if spec.kind == "bpe" else None
+    if trained is not None:
+        if not trained.is_file():
+            assert o.vocab_size is not None
+            train_bpe(_training_texts(sources, o.val_fraction, forced_val, o.bpe_train_bytes), o.vocab_size, trained)
+        encoder = load_encoder(spec, trained)
+        if encoder.vocab_size < o.vocab_size:
+            print(f"note: the BPE stopped at {encoder.vocab_size} ids of the {o.vocab_size} asked: the input offers "
+                  "no more merges (the manifest and the model use the real size)", file=sys.stderr)
+    assert encoder is not None
     write_shards(sources, spec, trained, encoder, out, states, val_fraction=o.val_fraction, forced_val=forced_val,
                  shard_tokens=o.shard_tokens, workers=o.workers, batch_bytes=o.batch_bytes, save_state=save_state,
                  progress=o.progress)

@@ -27,6 +27,8 @@ from lab.shards.errors import PrepareError
 EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>", "[SEP]")
 """End-of-text tokens looked up, in order, in a tokenizer that was not told which one to use (--eos)."""
 BPE_EOS = "<|endoftext|>"
+MIN_BPE_VOCAB = 258
+"""256 byte tokens, end-of-text, and at least one merge."""
 BYTES_EOS = 256
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -204,9 +206,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path) -> Path:
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < 257 + 1:
+    if vocab_size < MIN_BPE_VOCAB:
         raise PrepareError(f"--vocab-size {vocab_size} is too small for a byte-level BPE (256 bytes + end-of-text)",
-                           "use at least 258, e.g. --vocab-size 4096")
+                           f"use at least {MIN_BPE_VOCAB}, e.g. --vocab-size 4096")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()

@@ -210,9 +210,17 @@ def write_shards(sources: Sequence[Source], spec: TokenizerSpec, trained: Option
     written = sum(len(s.shards) for s in states.values())
     pool = None
     if workers > 1:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process: the processes are the parallelism
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        pool = context.Pool(workers, initializer=_init_worker, initargs=(spec, str(trained) if trained else None))
+        # One thread per worker process (the processes are the parallelism): set for the children only.
+        before = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+            pool = context.Pool(workers, initializer=_init_worker, initargs=(spec, str(trained) if trained else None))
+        finally:
+            if before is None:
+                del os.environ["TOKENIZERS_PARALLELISM"]
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = before
     in_flight: deque = deque()  # (batch, its pending encoding): at most 2 per worker, so memory stays bounded
 
     def consume(batch: _Batch, ids: list[np.ndarray], bar) -> None:

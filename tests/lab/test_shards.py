@@ -180,6 +180,14 @@ def _unknown_tokenizer(tmp_path: Path) -> list[str]:
     return [write_inputs(tmp_path / "docs", "text", documents(3)), "--tokenizer", "gpt9"]
 
 
+def _one_document(tmp_path: Path) -> list[str]:
+    return [write_inputs(tmp_path / "docs", "text", documents(1)), "--tokenizer", "bytes"]
+
+
+def _tiny_bpe(tmp_path: Path) -> list[str]:
+    return [write_inputs(tmp_path / "docs", "text", documents(3)), "--tokenizer", "bpe", "--vocab-size", "100"]
+
+
 def _no_files(tmp_path: Path) -> list[str]:
     return [str(tmp_path / "nothing/*.txt"), "--tokenizer", "bytes"]
 
@@ -189,6 +197,8 @@ def _no_files(tmp_path: Path) -> list[str]:
     (_empty, "the input holds no text"),
     (_unknown_tokenizer, "unknown tokenizer 'gpt9'"),
     (_no_files, "matches no files"),
+    (_one_document, "the input holds one document"),
+    (_tiny_bpe, "--vocab-size 100 is too small"),
 ])
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys, make, message):
     spec, *rest = make(tmp_path)
