@@ -22,7 +22,7 @@ from lab.run import train
 from lab.shards.cli import main as lab_data
 from lab.shards.writer import KILL_AFTER_SHARDS_ENV
 from lab.train import compose_config
-from tracking.record import Param
+from tracking.record import Metric, Param
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which but have an "
@@ -86,7 +86,7 @@ def test_inputs_to_shards_to_training(tmp_path, kind, monkeypatch):
     assert result.status == "FINISHED"
     run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.run_id)
     assert run.data.params[Param.DATA_DIGEST] == m.digest and run.data.params["model.vocab_size"] == str(m.vocab_size)
-    assert run.data.metrics["val/bpb"] == pytest.approx(run.data.metrics["val/loss"] / np.log(2) / m.bytes_per_token)
+    assert run.data.metrics[Metric.VAL_BPB] == pytest.approx(run.data.metrics[Metric.VAL_LOSS] / np.log(2) / m.bytes_per_token)
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.name == "shards" and m.digest.startswith(dataset_input.dataset.digest)
     groups = data_groups(load_runs(f"sqlite:///{tmp_path}/mlflow.db", "smoke"))  # what lab-fit checks before a fit

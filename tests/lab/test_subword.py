@@ -14,7 +14,7 @@ from lab.data import builtin_corpus, load_tokens
 from lab.data.subword import builtin_subword
 from lab.run import train
 from lab.train import compose_config
-from tracking.record import Param
+from tracking.record import Metric, Param
 
 SOURCE = "def f{i}(x):\n    return x * {i} + sum(range({i}))\n\n\nclass C{i}:\n    value = 'text {i}'\n"
 
@@ -45,7 +45,7 @@ def test_training_on_the_builtin_corpus_with_bpe(tmp_path):
     result = train(cfg)
     run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.run_id)
     assert result.status == "FINISHED" and run.inputs.dataset_inputs[0].dataset.name.endswith("-bpe512")
-    val, bpb = run.data.metrics["val/loss"], run.data.metrics["val/bpb"]
+    val, bpb = run.data.metrics[Metric.VAL_LOSS], run.data.metrics[Metric.VAL_BPB]
     # 255 merges on 190 kB of Python source: ~1.4 bytes per token (indentation and keywords merge first).
     assert bpb < val / math.log(2) / 1.2, "a BPE token holds more than one byte: bpb divides by bytes per token"
     bytes_cfg = compose_config(["experiment=smoke", "data.max_bytes=200000", f"data.cache_dir={tmp_path}/cache"])
