@@ -188,6 +188,18 @@ def _tiny_bpe(tmp_path: Path) -> list[str]:
     return [write_inputs(tmp_path / "docs", "text", documents(3)), "--tokenizer", "bpe", "--vocab-size", "100"]
 
 
+def _unknown_tiktoken(tmp_path: Path) -> list[str]:
+    pytest.importorskip("tiktoken")
+    return [write_inputs(tmp_path / "docs", "text", documents(3)), "--tokenizer", "tiktoken:o900k"]
+
+
+def _tokenizer_without_eos(tmp_path: Path) -> list[str]:
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
+    return [write_inputs(tmp_path / "docs", "text", documents(3)), "--tokenizer", str(tmp_path / "tokenizer.json")]
+
+
 def _no_files(tmp_path: Path) -> list[str]:
     return [str(tmp_path / "nothing/*.txt"), "--tokenizer", "bytes"]
 
@@ -198,6 +210,8 @@ def _no_files(tmp_path: Path) -> list[str]:
     (_unknown_tokenizer, "unknown tokenizer 'gpt9'"),
     (_no_files, "matches no files"),
     (_one_document, "the input holds one document"),
+    (_unknown_tiktoken, "unknown tiktoken encoding 'o900k'"),
+    (_tokenizer_without_eos, "has no end-of-text token among <|endoftext|>"),
     (_tiny_bpe, "--vocab-size 100 is too small"),
 ])
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys, make, message):
