@@ -96,14 +96,20 @@ class DataConfig:
     """Held-out sequences evaluated at every validation point (fixed across the run)."""
     max_bytes: Optional[int] = None
     """Cap on the built-in corpus size in bytes (None: the whole standard library)."""
-    tokenizer: str = "bytes"
-    """source=builtin: 'bytes' (vocab 256) or 'bpe' (a byte-level BPE of data.vocab_size ids trained on the corpus)."""
+    tokenizer: Optional[str] = None
+    """source=builtin: 'bytes' (vocab 256; None means it too) or 'bpe' (a byte-level BPE of data.vocab_size ids trained
+    on the corpus). Token files leave it unset: a manifest names its own tokenizer."""
     vocab_size: Optional[int] = None
     """The data's vocabulary in ids: set for tokenizer=bpe; read from data.manifest (leave it unset there)."""
 
     def __post_init__(self) -> None:
         _one_of("data.source", self.source, ("builtin", "tokens"))
-        _one_of("data.tokenizer", self.tokenizer, DATA_TOKENIZERS)
+        if self.source == "builtin":
+            _one_of("data.tokenizer", self.tokenizer or "bytes", DATA_TOKENIZERS)
+        else:
+            _require(self.tokenizer is None, "data.tokenizer", self.tokenizer,
+                     "data.tokenizer chooses the built-in corpus's tokenization; token files were tokenized by "
+                     "lab-data (its manifest names the tokenizer): drop it")
         if self.source == "tokens" and self.manifest:
             from lab.data.manifest import read_manifest  # torch-free: a small JSON file
 
@@ -337,10 +343,11 @@ class TrainConfig:
         if data_vocab is not None:
             if self.model.vocab_size == BYTE_VOCAB:  # the default: the model's vocabulary follows the data's
                 self.model.vocab_size = data_vocab
+            origin = self.data.manifest or f"data.tokenizer={self.data.tokenizer or 'bytes'}"
             _require(self.model.vocab_size >= data_vocab, "model.vocab_size", self.model.vocab_size,
-                     f"the data has {data_vocab} token ids ({self.data.manifest or 'data.tokenizer=' + self.data.tokenizer}); "
+                     f"the data has {data_vocab} token ids ({origin}); "
                      f"drop the override (the vocabulary comes from the data) or use at least {data_vocab}")
-        vocab_is_bytes = self.data.source != "builtin" or self.data.tokenizer != "bytes" or self.model.vocab_size == 256
+        vocab_is_bytes = self.data.source != "builtin" or self.data.tokenizer == "bpe" or self.model.vocab_size == 256
         _require(vocab_is_bytes, "model.vocab_size", self.model.vocab_size,
                  "the built-in corpus is byte-level: use model.vocab_size=256")
 
