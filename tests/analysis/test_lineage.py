@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from analysis.lineage import DIGEST, NAME, TOKENIZER, data_groups, mixed_data_warning
@@ -29,3 +30,28 @@ def test_two_tokenizations_are_named_with_their_run_counts():
 def test_two_corpora_with_one_tokenizer_are_named():
     warning = mixed_data_warning(runs(("a" * 64, "web", "t1"), ("b" * 64, "code", "t1")))
     assert warning is not None and "2 datasets" in warning and "not points of one law" in warning
+
+
+def test_lab_fit_warns_when_a_law_mixes_tokenizations(tmp_path, new_experiment, capsys):
+    from mlflow.entities import Metric as MlflowMetric, Param as MlflowParam
+
+    from analysis.cli import main
+    from tracking.record import Metric, Param
+
+    uri, client, exp = new_experiment(tmp_path, "mixed")
+    for i, N in enumerate(np.geomspace(1e5, 1e7, 4)):
+        for j, D in enumerate(np.geomspace(2e6, 2e9, 4)):
+            run_id = client.create_run(exp, run_name=f"N{N:.2g}-D{D:.2g}").info.run_id
+            tokenizer = "t1" if (i + j) % 2 else "t2"  # half the points from another tokenization
+            params = {Param.N: int(N), Param.N_TOTAL: int(N), Param.SEQ_LEN: 64, Param.B_TOKENS: 512,
+                      Param.B_SEQUENCES: 8, Param.LR: 3e-3, Param.DATA_DIGEST: tokenizer * 32,
+                      Param.DATA_NAME: f"web-{tokenizer}", Param.TOKENIZER_DIGEST: tokenizer}
+            loss = 1.5 + 300 / N**0.3 + 900 / D**0.35
+            client.log_batch(run_id, metrics=[MlflowMetric(Metric.TOKENS, D, 0, 1), MlflowMetric(Metric.VAL_LOSS, loss, 0, 1)],
+                             params=[MlflowParam(k, str(v)) for k, v in params.items()])
+            client.set_terminated(run_id)
+    code = main(["loss", "--tracking-uri", uri, "--experiment", "mixed", "--bootstrap", "0", "--out",
+                 str(tmp_path / "fit.json")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "warning: these runs trained on 2 tokenizers" in err and "web-t1" in err and "8 runs" in err
