@@ -34,7 +34,8 @@ class DataLineage:
 
 def record_data(client: Any, run_id: str, lineage: DataLineage) -> None:
     """Log ``lineage`` to the run as a training dataset input (MLflow ``log_inputs``) and as params."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag, Param as MlflowParam
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.entities import Param as MlflowParam
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     dataset = Dataset(name=lineage.name, digest=lineage.digest[:36], source_type="local",

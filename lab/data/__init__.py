@@ -3,6 +3,9 @@
 - :mod:`lab.data.corpus`: the built-in corpus (the Python standard library's source, byte-level tokens) and
   bits per byte.
 - :mod:`lab.data.tokens`: flat nanoGPT ``.bin`` files and llm.c shards (uint16 or uint32 tokens), single files or globs.
+- :mod:`lab.data.manifest`: the manifest ``lab-data prepare`` writes beside its shards (vocabulary, bytes per
+  token, digest), as training reads it.
+- :mod:`lab.data.subword`: the built-in corpus as BPE tokens (trained once, cached).
 - :mod:`lab.data.sampling`: sequences by global index (same seed, same batches; resume at any step) and the
   fixed validation set.
 

@@ -17,9 +17,21 @@ from typing import Any, Optional
 from lab.data.manifest import MANIFEST_NAME
 from lab.data.tokens import atomic_write
 from lab.shards.errors import PrepareError
-from lab.shards.inputs import TEXT_SPLITS, Source, describe, iter_documents, resolve_inputs
+from lab.shards.inputs import (
+    TEXT_SPLITS,
+    Source,
+    describe,
+    iter_documents,
+    resolve_inputs,
+)
 from lab.shards.manifest import build_manifest, write_manifest
-from lab.shards.tokenizers import MIN_BPE_VOCAB, TOKENIZER_FILE, load_encoder, parse_spec, train_bpe
+from lab.shards.tokenizers import (
+    MIN_BPE_VOCAB,
+    TOKENIZER_FILE,
+    load_encoder,
+    parse_spec,
+    train_bpe,
+)
 from lab.shards.writer import (
     SPLITS,
     STATE_FILE,

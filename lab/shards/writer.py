@@ -28,7 +28,6 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lab.shards.errors import PrepareError
 from lab.shards.inputs import Source, iter_documents
 from lab.shards.tokenizers import Encoder, TokenizerSpec, load_encoder
 

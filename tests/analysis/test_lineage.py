@@ -33,7 +33,8 @@ def test_two_corpora_with_one_tokenizer_are_named():
 
 
 def test_lab_fit_warns_when_a_law_mixes_tokenizations(tmp_path, new_experiment, capsys):
-    from mlflow.entities import Metric as MlflowMetric, Param as MlflowParam
+    from mlflow.entities import Metric as MlflowMetric
+    from mlflow.entities import Param as MlflowParam
 
     from analysis.cli import main
     from tracking.record import Metric, Param
