@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from analysis.laws.curve_points import CurvePointsError, check_schedule_free, summarize
+from analysis.lineage import mixed_data_warning
 from analysis.load import load_curves, load_runs, load_table
 from analysis.points import Points, branch_runs, law_points, training_runs, validation_points
 from tracking.record import Metric
@@ -85,6 +86,8 @@ def frame(args: argparse.Namespace, needed: Sequence[str], say: Progress, law: s
         if total:
             runs = runs.with_columns(N=pl.col("N_total"))
         chosen = store_points(runs, law, needed, say)
+        if (mixed := mixed_data_warning(chosen.frame)) is not None:  # a law across corpora or tokenizations
+            say(mixed, True)
         df = chosen.frame if mode == "final" else _curve_frame(args, chosen.runs, mode, say)
         return df
     return df.with_columns(N=pl.col("N_total")) if total else df

@@ -51,7 +51,8 @@ class ModelConfig:
     seq_len: int = 256
     """Context length in tokens."""
     vocab_size: int = 256
-    """256 for the built-in byte-level corpus; set to the tokenizer's size for token files."""
+    """Token ids. Left at 256 it follows the data (256 bytes, data.vocab_size of a BPE, a lab-data manifest's); set
+    it for token files without a manifest, or above the data's to pad. Below the data's it is refused."""
     mlp: str = "swiglu"
     tie_embeddings: bool = False
     mup: bool = False
@@ -74,12 +75,20 @@ class ModelConfig:
         _one_of("model.mlp", self.mlp, ("swiglu", "gelu"))
 
 
+DATA_TOKENIZERS = ("bytes", "bpe")
+"""Tokenizers of the built-in corpus: its bytes, or a BPE trained on it once and cached (lab.data.subword)."""
+BYTE_VOCAB = 256
+"""model.vocab_size's default: the byte-level built-in corpus. Left at it, the vocabulary follows the data."""
+
+
 @dataclass
 class DataConfig:
     source: str = "builtin"
-    """'builtin' (the Python standard library's source as bytes) or 'tokens' (token files)."""
+    """'builtin' (the Python standard library's source) or 'tokens' (token files or a lab-data manifest)."""
+    manifest: Optional[str] = None
+    """source=tokens: the manifest.json of `lab-data prepare`; gives the shards, the vocabulary and bytes per token."""
     train: Optional[str] = None
-    """Token file or glob (nanoGPT .bin or llm.c shards) when source=tokens."""
+    """Token file or glob (nanoGPT .bin or llm.c shards) when source=tokens without a manifest."""
     val: Optional[str] = None
     cache_dir: str = ".cache/lab"
     """Where the built-in corpus is cached as token files (relative to the working directory)."""
@@ -87,12 +96,42 @@ class DataConfig:
     """Held-out sequences evaluated at every validation point (fixed across the run)."""
     max_bytes: Optional[int] = None
     """Cap on the built-in corpus size in bytes (None: the whole standard library)."""
+    tokenizer: Optional[str] = None
+    """source=builtin: 'bytes' (vocab 256; None means it too) or 'bpe' (a byte-level BPE of data.vocab_size ids trained
+    on the corpus). Token files leave it unset: a manifest names its own tokenizer."""
+    vocab_size: Optional[int] = None
+    """The data's vocabulary in ids: set for tokenizer=bpe; read from data.manifest (leave it unset there)."""
 
     def __post_init__(self) -> None:
         _one_of("data.source", self.source, ("builtin", "tokens"))
-        if self.source == "tokens":
-            _require(bool(self.train), "data.train", self.train, "give a token file or glob: data.train=path/*.bin")
+        if self.source == "builtin":
+            _one_of("data.tokenizer", self.tokenizer or "bytes", DATA_TOKENIZERS)
+        else:
+            _require(self.tokenizer is None, "data.tokenizer", self.tokenizer,
+                     "data.tokenizer chooses the built-in corpus's tokenization; token files were tokenized by "
+                     "lab-data (its manifest names the tokenizer): drop it")
+        if self.source == "tokens" and self.manifest:
+            from lab.data.manifest import read_manifest  # torch-free: a small JSON file
+
+            try:
+                manifest = read_manifest(self.manifest)
+            except ValueError as err:
+                raise ConfigError("data.manifest", self.manifest, str(err)) from err
+            _require(self.vocab_size in (None, manifest.vocab_size), "data.vocab_size", self.vocab_size,
+                     f"the manifest says {manifest.vocab_size}; leave data.vocab_size unset with a manifest")
+            _require(not self.train and not self.val, "data.train", self.train,
+                     "give data.manifest or data.train/data.val, not both")
+            self.vocab_size = manifest.vocab_size  # only when converted to objects: the schema's default has no manifest
+        elif self.source == "tokens":
+            _require(bool(self.train), "data.train", self.train, "give a lab-data manifest (data.manifest="
+                     "shards/manifest.json) or a token file or glob: data.train=path/*.bin")
             _require(bool(self.val), "data.val", self.val, "give a validation token file or glob: data.val=...")
+        if self.source == "builtin" and self.tokenizer == "bpe":
+            _require(self.vocab_size is not None and 258 <= self.vocab_size <= 65536, "data.vocab_size", self.vocab_size,
+                     "data.tokenizer=bpe trains a BPE of that many ids: give 258..65536, e.g. data.vocab_size=1024")
+        elif self.source == "builtin":
+            _require(self.vocab_size in (None, BYTE_VOCAB), "data.vocab_size", self.vocab_size,
+                     "the built-in corpus as bytes has 256 ids; for a subword vocabulary add data.tokenizer=bpe")
         _require(self.val_sequences >= 1, "data.val_sequences", self.val_sequences, "use at least 1")
 
 
@@ -303,7 +342,15 @@ class TrainConfig:
         if self.init.checkpoint is not None:
             _require(self.batch.schedule == "constant", "batch.schedule", self.batch.schedule,
                      "a branch (init.checkpoint) trains at one batch size: use batch=constant")
-        vocab_is_bytes = self.data.source != "builtin" or self.model.vocab_size == 256
+        data_vocab = self.data.vocab_size or (BYTE_VOCAB if self.data.source == "builtin" else None)
+        if data_vocab is not None:
+            if self.model.vocab_size == BYTE_VOCAB:  # the default: the model's vocabulary follows the data's
+                self.model.vocab_size = data_vocab
+            origin = self.data.manifest or f"data.tokenizer={self.data.tokenizer or 'bytes'}"
+            _require(self.model.vocab_size >= data_vocab, "model.vocab_size", self.model.vocab_size,
+                     f"the data has {data_vocab} token ids ({origin}); "
+                     f"drop the override (the vocabulary comes from the data) or use at least {data_vocab}")
+        vocab_is_bytes = self.data.source != "builtin" or self.data.tokenizer == "bpe" or self.model.vocab_size == 256
         _require(vocab_is_bytes, "model.vocab_size", self.model.vocab_size,
                  "the built-in corpus is byte-level: use model.vocab_size=256")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Optional
 
@@ -10,8 +11,25 @@ import torch
 from torch.utils.data import DataLoader
 
 from lab.config import DataConfig
-from lab.data import StepBatches, TokenSampler, Tokens, builtin_corpus, load_tokens, validation_set
+from lab.data import (
+    BYTES_PER_TOKEN,
+    VOCAB_SIZE,
+    StepBatches,
+    TokenSampler,
+    Tokens,
+    builtin_corpus,
+    load_token_files,
+    load_tokens,
+    validation_set,
+)
+from lab.data.manifest import read_manifest
+from lab.data.subword import builtin_subword
+from lab.lineage import DataLineage
 from lab.schedules import PlanStep
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class TokenData(L.LightningDataModule):
@@ -24,15 +42,38 @@ class TokenData(L.LightningDataModule):
         self.micro_batch = micro_batch
         self.train_tokens: Optional[Tokens] = None
         self.val_tokens: Optional[Tokens] = None
+        self.bytes_per_token: Optional[float] = None
+        """UTF-8 bytes per token of the validation split (val/bpb); None where unknown (token files without a manifest)."""
+        self.lineage: Optional[DataLineage] = None
 
     def prepare(self) -> None:
         """Build (or reuse) the corpus and open the token files; every data error surfaces here."""
-        if self.cfg.source == "builtin":
-            files = builtin_corpus(Path(self.cfg.cache_dir), max_bytes=self.cfg.max_bytes)
-            train, val = files.train, files.val
-        else:
-            train, val = self.cfg.train, self.cfg.val
-        self.train_tokens, self.val_tokens = load_tokens(train), load_tokens(val)
+        cfg = self.cfg
+        if cfg.source == "builtin":
+            files = builtin_corpus(Path(cfg.cache_dir), max_bytes=cfg.max_bytes)
+            stem = files.train.name.removesuffix("-train.bin")
+            if cfg.tokenizer == "bpe":
+                assert cfg.vocab_size is not None
+                sub = builtin_subword(files, cfg.vocab_size)
+                train, val, self.bytes_per_token = sub.train, sub.val, sub.bytes_per_token
+                self.lineage = DataLineage(f"builtin:{stem}-bpe{cfg.vocab_size}", _sha(stem + sub.digest),
+                                           str(sub.train), "bpe", sub.digest, cfg.vocab_size)
+            else:
+                train, val, self.bytes_per_token = files.train, files.val, BYTES_PER_TOKEN
+                self.lineage = DataLineage(f"builtin:{stem}", _sha(stem), str(files.train), "bytes", _sha("bytes"),
+                                           VOCAB_SIZE)
+            self.train_tokens, self.val_tokens = load_tokens(train), load_tokens(val)
+        elif cfg.manifest:
+            m = read_manifest(cfg.manifest)
+            self.train_tokens = load_token_files(m.splits["train"].shards)
+            self.val_tokens = load_token_files(m.splits["val"].shards)
+            self.bytes_per_token = m.bytes_per_token
+            self.lineage = DataLineage(m.name, m.digest, str(m.path), str(m.tokenizer.get("name")),
+                                       str(m.tokenizer.get("digest")), m.vocab_size)
+        else:  # token files without a manifest: no bytes per token, so no val/bpb; identity from the paths
+            self.train_tokens, self.val_tokens = load_tokens(cfg.train), load_tokens(cfg.val)
+            self.lineage = DataLineage(f"tokens:{cfg.train}", _sha(f"{cfg.train}|{cfg.val}"), str(cfg.train),
+                                       "unknown", "unknown", 0)
         # Fails with the file named when a split cannot hold one sequence.
         validation_set(self.train_tokens, self.seq_len, 1)
         validation_set(self.val_tokens, self.seq_len, self.cfg.val_sequences)

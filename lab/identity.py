@@ -65,7 +65,11 @@ def default_run_name(N: int, D: int, cfg: TrainConfig) -> str:
 
 
 def _differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    return sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+    """Keys whose values differ. A key the record lacks was added to the schema after it was written: it matches
+    when this launch keeps the field's default (what the first launch ran with, in effect)."""
+    defaults = trajectory_params(TrainConfig())
+    return sorted(k for k in recorded.keys() | now.keys()
+                  if recorded.get(k, defaults.get(k)) != now.get(k))
 
 
 def _shown(recorded: dict[str, Any], now: dict[str, Any], differ: list[str], then: str) -> str:

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
-from lab import branching, flops, identity, parallel, preemption
+from lab import branching, flops, identity, lineage, parallel, preemption
 from lab.config import ConfigError, TrainConfig
 from lab.datamodule import TokenData
 from lab.model import GPT, GPTConfig, gpt_config
@@ -196,6 +196,7 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         if parallel.rank() == 0:  # other ranks (relaunched by Lightning or srun) have no MLflow run of their own
             identity.write_record(ckpt_dir, logger.run_id, run_name, cfg)
             log_plan(logger, plan, cfg)
+            lineage.record_data(logger.experiment, logger.run_id, data.lineage)
     elif parallel.rank() == 0:
         logger._skip_through = tracked.recorded_steps(logger.experiment, run_id)
         tracked.reopen_run(logger.experiment, run_id, cfg.tracking.tags)
@@ -204,7 +205,7 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
     module = LitGPT(
         GPT(gpt_cfg), cfg.optim, plan,
         Accounting(seq_len=cfg.model.seq_len, flops_per_token=flops.flops_per_token(gpt_cfg),
-                   peak_flops=p.peak_flops, bytes_per_token=1.0 if cfg.data.source == "builtin" else None),
+                   peak_flops=p.peak_flops, bytes_per_token=data.bytes_per_token),
         val_data=data.validation(), val_every_steps=cfg.trainer.val_every_steps, max_loss=cfg.trainer.max_loss,
         micro_batch=cfg.batch.micro_batch, parallelism=parallelism, loss_chunk=cfg.trainer.fused_ce_chunk)
     t = cfg.trainer

@@ -80,6 +80,10 @@ class Param:
     BRANCH_B_REF: Final = "branch.B_ref_tokens"
     """A CBS branch: its reference run's batch in tokens."""
     DATA_DIGEST: Final = "data.digest"
+    """The training data's identity (lab.lineage): a lab-data manifest's digest or the built-in corpus fingerprint."""
+    DATA_NAME: Final = "data.name"
+    TOKENIZER_DIGEST: Final = "data.tokenizer_digest"
+    """sha256 of what defines the data's tokenizer: runs of one law should share it (analysis.lineage)."""
 
 
 class Tag:

@@ -2,7 +2,10 @@
 
 - :mod:`lab.data.corpus`: the built-in corpus (the Python standard library's source, byte-level tokens) and
   bits per byte.
-- :mod:`lab.data.tokens`: flat nanoGPT ``.bin`` files and llm.c shards, single files or globs.
+- :mod:`lab.data.tokens`: flat nanoGPT ``.bin`` files and llm.c shards (uint16 or uint32 tokens), single files or globs.
+- :mod:`lab.data.manifest`: the manifest ``lab-data prepare`` writes beside its shards (vocabulary, bytes per
+  token, digest), as training reads it.
+- :mod:`lab.data.subword`: the built-in corpus as BPE tokens (trained once, cached).
 - :mod:`lab.data.sampling`: sequences by global index (same seed, same batches; resume at any step) and the
   fixed validation set.
 
@@ -30,13 +33,16 @@ from lab.data.corpus import (
 )
 from lab.data.sampling import StepBatches, StepPlan, TokenSampler, validation_set
 from lab.data.tokens import (
+    LLMC_LLAMA3_MAGIC,
     LLMC_MAGIC,
     LLMC_VERSION,
     TokenFileError,
     Tokens,
     TokenStream,
+    load_token_files,
     load_tokens,
     open_token_file,
+    token_dtype,
     write_llmc_shard,
     write_tokens_bin,
 )
@@ -44,6 +50,7 @@ from lab.data.tokens import (
 __all__ = [
     "BYTES_PER_TOKEN",
     "DOC_SEPARATOR",
+    "LLMC_LLAMA3_MAGIC",
     "LLMC_MAGIC",
     "LLMC_VERSION",
     "SKIP_DIRS",
@@ -60,10 +67,12 @@ __all__ = [
     "builtin_corpus",
     "is_validation",
     "list_sources",
+    "load_token_files",
     "load_tokens",
     "open_token_file",
     "select_sources",
     "stdlib_root",
+    "token_dtype",
     "validation_set",
     "write_llmc_shard",
     "write_tokens_bin",

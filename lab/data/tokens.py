@@ -1,15 +1,17 @@
 """Token files: flat nanoGPT ``.bin`` files and llm.c / modded-nanogpt shards, one file or a glob of them.
 
-Formats (both little-endian, tokens are uint16):
+Formats (all little-endian):
 
-- flat ``.bin`` (nanoGPT ``data/*/prepare.py``): the file is nothing but tokens, so its byte length is even.
+- flat ``.bin`` (nanoGPT ``data/*/prepare.py``): the file is nothing but uint16 tokens, so its byte length is even.
 - llm.c shard (llm.c ``dev/data/data_common.py::write_datafile``; modded-nanogpt's ``fineweb_*.bin``): a header
-  of 256 int32 words -- [0] magic 20240520, [1] version 1 (= uint16 tokens), [2] token count N -- then N tokens,
-  so the file holds exactly 1024 + 2·N bytes.
+  of 256 int32 words -- [0] magic, [1] version, [2] token count N -- then N tokens. The (magic, version) pair says
+  the token width, as llm.c defines it: (20240520, 1) GPT-2 style, uint16 tokens, 1024 + 2·N bytes; (20240801, 7)
+  Llama 3 style, uint32 tokens, 1024 + 4·N bytes. :func:`write_llmc_shard` picks uint16 for vocabularies up to
+  65,536 ids (0..65,535) and uint32 above.
 
-A file is read as a shard iff its first int32 word is the magic. This cannot misread a flat file of GPT-2 or
-byte-level tokens: read as uint16 the magic is the token pair (55432, 308), and 55432 lies outside both
-vocabularies (50257 and 256).
+A file is read as a shard iff its first int32 word is one of the magics. This cannot misread a flat file of GPT-2
+or byte-level tokens: read as uint16 the magics are the token pairs (55432, 308) and (55489, 308), and 55432 and
+55489 lie outside both vocabularies (50257 and 256).
 
 Files are opened as read-only ``np.memmap``s, so a corpus larger than memory costs only the pages sampled.
 """
@@ -25,14 +27,28 @@ from pathlib import Path
 import numpy as np
 
 LLMC_MAGIC = 20240520
-"""First header word of an llm.c GPT-2-style shard (llm.c ``dev/data/data_common.py``)."""
+"""First header word of an llm.c GPT-2-style shard, uint16 tokens (llm.c ``dev/data/data_common.py``)."""
 LLMC_VERSION = 1
-"""Shard version whose tokens are uint16; the only one read here."""
+"""Version of the uint16 shard."""
+LLMC_LLAMA3_MAGIC = 20240801
+"""First header word of llm.c's Llama 3-style shard, uint32 tokens."""
+LLMC_LLAMA3_VERSION = 7
+"""Version of the uint32 shard (llm.c ``data_common.py``: ``"llama-3": {"magic": 20240801, "version": 7}``)."""
 LLMC_HEADER_WORDS = 256
 LLMC_HEADER_BYTES = 4 * LLMC_HEADER_WORDS
-LLMC_LLAMA3_MAGIC = 20240801
-"""llm.c's uint32-token (Llama 3) shard magic: recognised only to explain why it is refused."""
 TOKEN_DTYPE = np.dtype("<u2")
+TOKEN_DTYPE_32 = np.dtype("<u4")
+SHARD_FORMATS = {LLMC_MAGIC: (LLMC_VERSION, TOKEN_DTYPE), LLMC_LLAMA3_MAGIC: (LLMC_LLAMA3_VERSION, TOKEN_DTYPE_32)}
+"""magic -> (version, token dtype) of each llm.c shard format read and written here."""
+UINT16_VOCAB = 2**16
+"""Largest vocabulary whose ids (0..65,535) fit uint16 tokens."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest token dtype that holds every id of a vocabulary: uint16 up to 65,536 ids, else uint32."""
+    if vocab_size < 1 or vocab_size > 2**32:
+        raise ValueError(f"vocab_size={vocab_size} must lie in [1, 2**32] to be stored as uint16 or uint32 tokens")
+    return TOKEN_DTYPE if vocab_size <= UINT16_VOCAB else TOKEN_DTYPE_32
 
 
 class TokenFileError(ValueError):
@@ -124,13 +140,20 @@ def resolve_paths(spec: str | Path) -> list[Path]:
 def load_tokens(spec: str | Path) -> Tokens:
     """Open a token file, or every file a glob matches (sorted by path, concatenated).
 
-    Returns a read-only uint16 ``np.memmap`` for a single file and a :class:`TokenStream` for several; both
+    Returns a read-only uint16 or uint32 ``np.memmap`` for a single file and a :class:`TokenStream` for several; both
     support ``len()`` and slicing. Raises :class:`TokenFileError` for empty globs, missing files, bad headers,
     truncated shards and odd-length flat files.
     """
     paths = resolve_paths(spec)
+    return load_token_files(paths)
+
+
+def load_token_files(paths: Sequence[str | Path]) -> Tokens:
+    """Open the given token files (in this order) as one sequence; see :func:`load_tokens`."""
+    if not paths:
+        raise ValueError("load_token_files needs at least one path")
     parts = [open_token_file(path) for path in paths]
-    return parts[0] if len(parts) == 1 else TokenStream(parts, paths)
+    return parts[0] if len(parts) == 1 else TokenStream(parts, [Path(p) for p in paths])
 
 
 def open_token_file(path: str | Path) -> np.ndarray:
@@ -140,13 +163,12 @@ def open_token_file(path: str | Path) -> np.ndarray:
     if n_bytes == 0:
         raise TokenFileError(path, "empty file (0 bytes)", "re-create it, or remove it from the glob")
     header = np.fromfile(path, dtype="<i4", count=min(LLMC_HEADER_WORDS, n_bytes // 4))
-    if header.size and header[0] == LLMC_MAGIC:
+    if header.size and int(header[0]) in SHARD_FORMATS:
         return _open_llmc_shard(path, header, n_bytes)
     if _looks_like_shard_header(header, n_bytes):
-        problem = f"wrong magic: header word 0 is {int(header[0])}, an llm.c shard needs {LLMC_MAGIC}"
-        if header[0] == LLMC_LLAMA3_MAGIC:
-            problem += " (20240801 is llm.c's uint32-token Llama 3 format, which is not supported)"
-        fix = "re-export the tokens as uint16 with lab.data.write_llmc_shard or write_tokens_bin"
+        magics = " or ".join(str(m) for m in SHARD_FORMATS)
+        problem = f"wrong magic: header word 0 is {int(header[0])}, an llm.c shard needs {magics}"
+        fix = "re-export the tokens with lab.data.write_llmc_shard or write_tokens_bin"
         raise TokenFileError(
             path, problem + "; its header token count matches the file size, so it is not flat tokens", fix)
     if n_bytes % 2:
@@ -174,25 +196,30 @@ def _open_llmc_shard(path: Path, header: np.ndarray, n_bytes: int) -> np.ndarray
             f"truncated: an llm.c shard header is {LLMC_HEADER_BYTES} bytes, the file holds {n_bytes}",
             "re-create the shard",
         )
-    version, count = int(header[1]), int(header[2])
-    if version != LLMC_VERSION:
+    magic, version, count = int(header[0]), int(header[1]), int(header[2])
+    expected_version, dtype = SHARD_FORMATS[magic]
+    if version != expected_version:
+        known = ", ".join(f"magic {m} version {v} ({d.itemsize * 8}-bit tokens)"
+                          for m, (v, d) in SHARD_FORMATS.items())
         raise TokenFileError(
             path,
-            f"unsupported llm.c shard version {version} (only version {LLMC_VERSION}, uint16 tokens, is read)",
-            "re-export the tokens as uint16 with lab.data.write_llmc_shard",
+            f"unsupported llm.c shard version {version} for magic {magic} (read here: {known})",
+            "re-export the tokens with lab.data.write_llmc_shard",
         )
+    width = dtype.itemsize
     held_bytes = n_bytes - LLMC_HEADER_BYTES
-    if held_bytes != 2 * count:
-        state = "truncated" if held_bytes < 2 * count else "longer than its header"
+    if held_bytes != width * count:
+        state = "truncated" if held_bytes < width * count else "longer than its header"
+        stray = held_bytes % width
         raise TokenFileError(
             path,
-            f"{state}: header says {count} tokens, file holds {held_bytes // 2}"
-            + (" and a stray byte" if held_bytes % 2 else ""),
+            f"{state}: header says {count} tokens, file holds {held_bytes // width}"
+            + (f" and {stray} stray byte{'s' if stray > 1 else ''}" if stray else "") + f" ({8 * width}-bit tokens)",
             "re-create or re-download the shard",
         )
     if count == 0:
         raise TokenFileError(path, "shard holds 0 tokens", "remove it from the glob")
-    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=LLMC_HEADER_BYTES, shape=(count,))
+    return np.memmap(path, dtype=dtype, mode="r", offset=LLMC_HEADER_BYTES, shape=(count,))
 
 
 def write_tokens_bin(path: str | Path, tokens: Iterable[int] | np.ndarray) -> Path:
@@ -201,14 +228,23 @@ def write_tokens_bin(path: str | Path, tokens: Iterable[int] | np.ndarray) -> Pa
     return atomic_write(path, [array.tobytes()])
 
 
-def write_llmc_shard(path: str | Path, tokens: Iterable[int] | np.ndarray) -> Path:
-    """Write tokens as an llm.c version-1 shard (256 × int32 header, then uint16 tokens), atomically."""
-    array = _as_uint16(tokens, path)
+def write_llmc_shard(path: str | Path, tokens: Iterable[int] | np.ndarray, vocab_size: int | None = None) -> Path:
+    """Write tokens as an llm.c shard (256 × int32 header, then the tokens), atomically.
+
+    The width follows ``vocab_size`` (:func:`token_dtype`: uint16 up to 65,536 ids, uint32 above), so every shard of
+    one dataset has the same format; without it, the largest id decides. Ids must lie below ``vocab_size``.
+    """
+    array = _as_token_array(tokens, path)
+    high = int(array.max())
+    if vocab_size is not None and high >= vocab_size:
+        raise ValueError(f"{path}: token id {high} does not fit vocab_size={vocab_size} (ids are 0..{vocab_size - 1})")
+    dtype = token_dtype(vocab_size if vocab_size is not None else high + 1)
     if array.size >= 2**31:
         raise ValueError(f"{path}: {array.size} tokens exceed the int32 header count; split them into shards")
+    magic = LLMC_MAGIC if dtype == TOKEN_DTYPE else LLMC_LLAMA3_MAGIC
     header = np.zeros(LLMC_HEADER_WORDS, dtype="<i4")
-    header[:3] = (LLMC_MAGIC, LLMC_VERSION, array.size)
-    return atomic_write(path, [header.tobytes(), array.tobytes()])
+    header[:3] = (magic, SHARD_FORMATS[magic][0], array.size)
+    return atomic_write(path, [header.tobytes(), array.astype(dtype, copy=False).tobytes()])
 
 
 def atomic_write(path: str | Path, chunks: Iterable[bytes]) -> Path:
@@ -231,13 +267,22 @@ def atomic_write(path: str | Path, chunks: Iterable[bytes]) -> Path:
     return path
 
 
-def _as_uint16(tokens: Iterable[int] | np.ndarray, path: str | Path) -> np.ndarray:
+def _as_token_array(tokens: Iterable[int] | np.ndarray, path: str | Path) -> np.ndarray:
     array = np.asarray(tokens if isinstance(tokens, np.ndarray) else list(tokens))
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"{path}: tokens must be a non-empty 1-D sequence, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{path}: tokens must be integers, got dtype {array.dtype}")
     low, high = int(array.min()), int(array.max())
-    if low < 0 or high > 65535:
-        raise ValueError(f"{path}: token ids must lie in [0, 65535] for uint16 files, got [{low}, {high}]")
+    if low < 0 or high >= 2**32:
+        raise ValueError(f"{path}: token ids must lie in [0, 2**32 - 1], got [{low}, {high}]")
+    return array
+
+
+def _as_uint16(tokens: Iterable[int] | np.ndarray, path: str | Path) -> np.ndarray:
+    array = _as_token_array(tokens, path)
+    low, high = int(array.min()), int(array.max())
+    if high > 65535:
+        raise ValueError(f"{path}: token ids must lie in [0, 65535] for uint16 files, got [{low}, {high}]; "
+                         "write an llm.c shard instead (write_llmc_shard stores them as uint32)")
     return array.astype(TOKEN_DTYPE, copy=False)

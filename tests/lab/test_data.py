@@ -180,12 +180,38 @@ def test_unsupported_shard_version_is_named(tmp_path):
     assert str(path) in str(err.value) and "Fix:" in str(err.value)
 
 
-@pytest.mark.parametrize("magic", [20240801, 12345])
-def test_wrong_magic_on_a_shard_like_header_is_named(tmp_path, magic):
-    path = _write_header(tmp_path / "shard_000.bin", [magic, 7, 40], 80 if magic == 20240801 else 40)
-    with pytest.raises(TokenFileError, match=f"wrong magic: header word 0 is {magic}.*needs 20240520") as err:
+@pytest.mark.parametrize("n_tokens", [40, 80])  # the count matches the size at 2 and at 4 bytes per token
+def test_wrong_magic_on_a_shard_like_header_is_named(tmp_path, n_tokens):
+    path = _write_header(tmp_path / "shard_000.bin", [12345, 7, 40], n_tokens)
+    with pytest.raises(TokenFileError, match="wrong magic: header word 0 is 12345.*needs 20240520 or 20240801") as err:
         load_tokens(path)
     assert str(path) in str(err.value)
+
+
+def test_uint32_shards_round_trip_and_mix_with_uint16_ones(tmp_path):
+    big = np.array([0, 65535, 65536, 100_000, 2**32 - 1], dtype=np.int64)
+    path = write_llmc_shard(tmp_path / "train_000.bin", big)
+    header = np.fromfile(path, dtype="<i4", count=256)
+    assert header[:3].tolist() == [20240801, 7, 5] and path.stat().st_size == 1024 + 4 * 5  # llm.c's Llama 3 layout
+    tokens = load_tokens(path)
+    assert tokens.dtype == np.dtype("<u4")
+    np.testing.assert_array_equal(tokens, big)
+    # The vocabulary, not the largest id, decides the width: a 100k tokenizer's shard is uint32 even if its ids are small.
+    small = write_llmc_shard(tmp_path / "train_001.bin", [1, 2, 3], vocab_size=100_000)
+    assert small.stat().st_size == 1024 + 4 * 3
+    assert write_llmc_shard(tmp_path / "u16.bin", [1, 2, 3], vocab_size=65_536).stat().st_size == 1024 + 2 * 3
+    stream = load_tokens(tmp_path / "train_*.bin")
+    assert stream[:].tolist() == big.tolist() + [1, 2, 3]
+    with pytest.raises(ValueError, match="token id 5 does not fit vocab_size=5"):
+        write_llmc_shard(tmp_path / "bad.bin", [5], vocab_size=5)
+
+
+def test_truncated_uint32_shard_is_named(tmp_path):
+    path = write_llmc_shard(tmp_path / "cut.bin", [70_000] * 10)
+    with open(path, "r+b") as handle:
+        handle.truncate(1024 + 4 * 6 + 1)
+    with pytest.raises(TokenFileError, match=r"truncated: header says 10 tokens, file holds 6 and 1 stray byte \(32-bit"):
+        load_tokens(path)
 
 
 def test_truncated_shard_reports_header_and_file_counts(tmp_path):
