@@ -41,7 +41,8 @@ from analysis import report
 from analysis.cli_input import CliError, Progress, complete, frame, store_runs
 from analysis.extrapolate import holdout_check
 from analysis.laws.cbs import CBS_TOLERANCE, fit_cbs_curve, local_cbs, propose_batch_warmup
-from analysis.laws.hparams import PLATEAU_TOLERANCE, fit_hparams, predict_hparams
+from analysis.laws.hparams import METHODS as HPARAM_METHODS, PLATEAU_TOLERANCE, fit_hparams, predict_hparams
+from analysis.laws.hparams_joint import JOINT_NEAR
 from analysis.laws.isoflop import BUDGET_REL_TOL, fit_isoflop, predict_optimal
 from analysis.laws.curve_points import MIN_FRACTION, MODES
 from analysis.laws.loglinear import jsonable
@@ -124,7 +125,8 @@ def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
                        "sweep an lr x B grid per (N, D) (lab-sweep sweep=lr_batch) and select it with --sweep")
     say(f"locating the optimal (lr, B) of each (N, D) cell in {df.height} runs ({args.method}), "
         f"then {args.bootstrap} bootstrap resamples of cells")
-    result = fit_hparams(df, method=args.method, tolerance=args.tolerance, bootstrap=args.bootstrap, seed=args.seed)
+    result = fit_hparams(df, method=args.method, tolerance=args.tolerance, bootstrap=args.bootstrap, seed=args.seed,
+                         near=args.near)
     prediction = (predict_hparams(result, N=args.target_N, D=args.target_D, C=args.target_C)
                   if args.target_N or args.target_C else None)
     print(report.hparams_report(result, prediction))
@@ -220,7 +222,8 @@ def _parser() -> argparse.ArgumentParser:
     iso.set_defaults(run=_isoflop)
 
     hp = sub.add_parser("hparams", parents=[common, scale], help="optimal lr and batch size vs N, D, C")
-    hp.add_argument("--method", choices=["auto", "convex", "plateau"], default="auto")
+    hp.add_argument("--method", choices=["auto", *HPARAM_METHODS], default="auto")
+    hp.add_argument("--near", type=_positive, default=JOINT_NEAR, help="joint: relative excess loss of the configs fitted")
     hp.add_argument("--tolerance", type=_positive, default=PLATEAU_TOLERANCE, help="plateau: relative excess loss")
     for name in ("N", "D", "C"):
         hp.add_argument(f"--target-{name}", type=_positive, metavar=name)
