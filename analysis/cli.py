@@ -49,6 +49,7 @@ from analysis.laws.loglinear import jsonable
 from analysis.laws.loss import compute_optimal, fit_loss
 from analysis.laws.loss_forms import FORMS, get_form
 from analysis.load import load_table
+from analysis.sensitivity import hparams_sensitivity, isoflop_sensitivity, loss_sensitivity
 from analysis.runs import BRANCH_TAG, CHECKPOINT_TAG, REFERENCE_B, recorded_reference_B
 
 
@@ -99,6 +100,12 @@ def _loss(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
         optimal = compute_optimal(fit, args.target_C)
         print("\n" + report.compute_optimal_table(optimal))
         out["compute_optimal"] = optimal.to_dicts()
+        if not args.no_sensitivity and not groups:
+            say("sensitivity: refitting without each budget, then each size")
+            sens = loss_sensitivity(df, args.target_C, {"form": form.name, "delta": args.delta, "seed": args.seed,
+                                                        "exclude_top_loss": args.exclude_top_loss})
+            print("\n" + "\n\n".join(report.sensitivity_table(s) for s in sens), flush=True)
+            out["sensitivity"] = [s.to_dict() for s in sens]
     return out
 
 
@@ -111,7 +118,13 @@ def _isoflop(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     result = fit_isoflop(df, bootstrap=args.bootstrap, seed=args.seed, rel_tol=args.budget_tol)
     allocations = [predict_optimal(result, C) for C in args.target_C or ()]
     print(report.isoflop_report(result, allocations))
-    return {"form": "isoflop", **result.to_dict(), "optimal": [asdict(a) for a in allocations]}
+    sens = None
+    if allocations and not args.no_sensitivity:
+        say("sensitivity: refitting without each budget")
+        sens = isoflop_sensitivity(df, args.target_C, rel_tol=args.budget_tol)
+        print("\n" + report.sensitivity_table(sens))
+    return {"form": "isoflop", **result.to_dict(), "optimal": [asdict(a) for a in allocations],
+            "sensitivity": [sens.to_dict()] if sens else None}
 
 
 def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
@@ -130,7 +143,14 @@ def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     prediction = (predict_hparams(result, N=args.target_N, D=args.target_D, C=args.target_C)
                   if args.target_N or args.target_C else None)
     print(report.hparams_report(result, prediction))
-    return {**result.to_dict(), "prediction": asdict(prediction) if prediction else None}
+    sens = None
+    if prediction is not None and not args.no_sensitivity:
+        say(f"sensitivity: refitting ({result.method}) without each (N, D) cell")
+        sens = hparams_sensitivity(df, result.method, N=args.target_N, D=args.target_D, C=args.target_C,
+                                   tolerance=args.tolerance, near=args.near)
+        print("\n" + report.sensitivity_table(sens))
+    return {**result.to_dict(), "prediction": asdict(prediction) if prediction else None,
+            "sensitivity": [sens.to_dict()] if sens else None}
 
 
 def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame, float | None, float | None]:
@@ -197,6 +217,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--out", type=Path, help="write the result here as JSON")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    common.add_argument("--no-sensitivity", action="store_true",
+                        help="skip the leave-one-budget/size/cell-out refits of the forecast at the target")
     scale = argparse.ArgumentParser(add_help=False)
     scale.add_argument("--total-params", action="store_true", help="use N_total (with embeddings) as N")
     parser = argparse.ArgumentParser(prog="lab-fit", description="Fit scaling laws with bootstrap intervals.")

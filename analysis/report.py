@@ -19,6 +19,7 @@ from analysis.fitting import FitResult
 from analysis.laws.cbs import BatchWarmupPlan, CbsFit
 from analysis.laws.hparams import HparamsPrediction, HparamsResult
 from analysis.laws.isoflop import Allocation, IsoflopResult
+from analysis.sensitivity import Sensitivity
 
 Column = Union[str, tuple[str, str, str]]
 """A frame column to show, or (estimate, lo, hi) columns shown together as "estimate [lo, hi]"."""
@@ -135,6 +136,16 @@ def hparams_report(result: HparamsResult, prediction: HparamsPrediction | None =
                            [[prediction.form, interval(prediction.lr, *prediction.lr_ci95),
                              interval(prediction.B, *prediction.B_ci95)]], "prediction at the target"))
     return "\n\n".join(parts)
+
+
+def sensitivity_table(sens: Sensitivity) -> str:
+    """Per forecast quantity: its value, the std and the worst relative change over leave-one-out refits."""
+    rows = [[r["quantity"], r["full"], f"{100 * r['std_rel']:.3g}%" if r["std_rel"] == r["std_rel"] else "n/a",
+             f"{100 * r['worst_rel']:+.3g}%" if r["worst_rel"] == r["worst_rel"] else "n/a",
+             str(r["worst_left_out"]), f"{r['n_refits']} ({r['n_failed']} failed)"]
+            for r in sens.summary.to_dicts()]
+    return table(["forecast", "full fit", "std", "worst", f"worst {sens.left_out} left out", "refits"], rows,
+                 f"sensitivity: the forecast refitted leaving one {sens.left_out} out (next to the 95% intervals above)")
 
 
 def cbs_report(local: pl.DataFrame, curve: CbsFit, plan: BatchWarmupPlan | None) -> str:

@@ -284,17 +284,20 @@ def _joint_results(joint: JointFit, lN: np.ndarray, lD: np.ndarray, llr: np.ndar
 
 def fit_hparams(df: pl.DataFrame, method: str = "auto", tolerance: float = PLATEAU_TOLERANCE,
                 bootstrap: int = 1000, seed: int = 0, fit_within: float | None = None,
-                min_cells: int = 4, near: float = JOINT_NEAR) -> HparamsResult:
+                min_cells: int = 4, near: float = JOINT_NEAR, loo: bool = True) -> HparamsResult:
     """Fit lr*(N, D), B*(D), lr*(C), B*(C) from an lr x B grid per (N, D) cell (see `landscape_cells`).
 
     method: "convex", "plateau", "joint" or "auto" (lowest leave-one-cell-out mean regret among the three;
     ties go to the earlier of convex, plateau, joint). near: the joint fit's selection of configurations
     (relative loss excess of a cell's best; `analysis.laws.hparams_joint`).
     Needs >= min_cells cells with >= 2 distinct N and >= 2 distinct D. Intervals: `bootstrap` resamples of
-    cells (percentile 95%); for "joint" the surface is refitted to each resample.
+    cells (percentile 95%); for "joint" the surface is refitted to each resample. loo=False skips the
+    leave-one-cell-out table (for refits that only need the laws; method must then not be "auto").
     """
     if method not in ("auto", *METHODS):
         raise ValueError(f"method must be 'auto', 'convex', 'plateau' or 'joint', got {method!r}")
+    if method == "auto" and not loo:
+        raise ValueError("method='auto' chooses by the leave-one-cell-out table; keep loo=True or name a method")
     raw = _cells(df)
     cells = pl.DataFrame([_cell_row(c, tolerance, fit_within) for c in raw]) if raw else pl.DataFrame()
     n_N, n_D = (cells["N"].n_unique(), cells["D"].n_unique()) if raw else (0, 0)
@@ -304,9 +307,11 @@ def fit_hparams(df: pl.DataFrame, method: str = "auto", tolerance: float = PLATE
             f"least {min_cells} cells with >= 2 distinct N and >= 2 distinct D; sweep the lr x B grid at more "
             "model sizes and token budgets")
     cells, land, joint = _joint_columns(cells, raw, near, method)
-    loo = _leave_one_out(cells, raw, land)
+    loo_table = _leave_one_out(cells, raw, land) if loo else pl.DataFrame(
+        schema={"method": pl.String, "n_cells": pl.Int64, "mean_regret": pl.Float64, "rms_log_lr": pl.Float64,
+                "rms_log_B": pl.Float64})
     if method == "auto":
-        score = {m: r if np.isfinite(r) else np.inf for m, r in zip(loo["method"], loo["mean_regret"])}
+        score = {m: r if np.isfinite(r) else np.inf for m, r in zip(loo_table["method"], loo_table["mean_regret"])}
         method = min(METHODS, key=lambda m: score[m])  # min keeps the first of equal scores
     cells = cells.with_columns(lr_opt=pl.col(f"lr_{method}"), B_opt=pl.col(f"B_{method}"))
     lN, lD, lC = _log_inputs(cells)
@@ -328,7 +333,7 @@ def fit_hparams(df: pl.DataFrame, method: str = "auto", tolerance: float = PLATE
                                      names=("coef", "exp_C")),
         deepseek_batch=loglinear_result("B* = coef·C^exp_C (DeepSeek form, B in tokens)", ("C",), lC, lB,
                                         draws[:, 7:9], names=("coef", "exp_C")),
-        cells=cells, method=method, loo=loo, tolerance=tolerance)
+        cells=cells, method=method, loo=loo_table, tolerance=tolerance)
 
 
 def predict_hparams(result: HparamsResult, N: float | None = None, D: float | None = None,
