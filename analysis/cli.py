@@ -49,6 +49,7 @@ from analysis.laws.loglinear import jsonable
 from analysis.laws.loss import compute_optimal, fit_loss
 from analysis.laws.loss_forms import FORMS, get_form
 from analysis.load import load_table
+from analysis.recipe import recipe
 from analysis.sensitivity import hparams_sensitivity, isoflop_sensitivity, loss_sensitivity
 from analysis.runs import BRANCH_TAG, CHECKPOINT_TAG, REFERENCE_B, recorded_reference_B
 
@@ -143,6 +144,11 @@ def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     prediction = (predict_hparams(result, N=args.target_N, D=args.target_D, C=args.target_C)
                   if args.target_N or args.target_C else None)
     print(report.hparams_report(result, prediction))
+    plan = None
+    if prediction is not None:
+        plan = recipe(result, args.seq_len, N=args.target_N, D=args.target_D, C=args.target_C,
+                      granularity=args.granularity, batch_warmup=not args.no_batch_warmup)
+        print("\n" + report.recipe_table(plan))
     sens = None
     if prediction is not None and not args.no_sensitivity:
         say(f"sensitivity: refitting ({result.method}) without each (N, D) cell")
@@ -150,7 +156,8 @@ def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
                                    tolerance=args.tolerance, near=args.near)
         print("\n" + report.sensitivity_table(sens))
     return {**result.to_dict(), "prediction": asdict(prediction) if prediction else None,
-            "sensitivity": [sens.to_dict()] if sens else None}
+            "sensitivity": [sens.to_dict()] if sens else None,
+            "recipe": {**asdict(plan), "overrides": plan.to_overrides()} if plan else None}
 
 
 def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame, float | None, float | None]:
@@ -249,6 +256,9 @@ def _parser() -> argparse.ArgumentParser:
     hp.add_argument("--tolerance", type=_positive, default=PLATEAU_TOLERANCE, help="plateau: relative excess loss")
     for name in ("N", "D", "C"):
         hp.add_argument(f"--target-{name}", type=_positive, metavar=name)
+    hp.add_argument("--seq-len", type=int, default=256, help="recipe: sequence length of the planned run")
+    hp.add_argument("--granularity", type=int, default=8, help="recipe: batch multiple (micro_batch x devices)")
+    hp.add_argument("--no-batch-warmup", action="store_true", help="recipe: a constant batch, no linear ramp")
     hp.set_defaults(run=_hparams)
 
     cbs = sub.add_parser("cbs", parents=[common], help="critical batch size from branch runs, batch warmup")
