@@ -6,6 +6,7 @@
     lab-fit isoflop --tracking-uri sqlite:///mlflow.db --sweep isoflop-1 --target-C 1e18 --out iso.json
     lab-fit hparams --input landscape.csv --method auto --target-N 1e8 --target-D 2e9 --out hp.json
     lab-fit cbs --input branches.csv --seq-len 256 --total-tokens 2e9 --out cbs.json
+    lab-fit forecast --tracking-uri sqlite:///mlflow.db --law hparams --target-N 1e8 --target-D 2e9  (--check later)
 
 Runs come from --input, a CSV or Parquet table (`analysis.load.load_table`, design §4 column names), or from
 --tracking-uri, an MLflow store (`analysis.load.load_runs`) narrowed by --experiment and --sweep (tag sweep=ID):
@@ -273,6 +274,10 @@ def _parser() -> argparse.ArgumentParser:
     cbs.add_argument("--max-sequences", type=int, help="largest batch (default: the largest B measured)")
     cbs.add_argument("--start-sequences", type=int, help="first batch (default: --granularity)")
     cbs.set_defaults(run=_cbs)
+
+    from analysis.cli_forecast import add_parser as add_forecast  # imports this module: registered late
+
+    add_forecast(sub, [common, scale], _positive)
     return parser
 
 

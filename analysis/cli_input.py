@@ -14,6 +14,7 @@ import polars as pl
 from analysis.laws.curve_points import CurvePointsError, check_schedule_free, curve_points, summarize
 from analysis.load import load_curves, load_runs, load_table
 from analysis.runs import from_scratch
+from tracking.record import Tag
 
 
 class CliError(ValueError):
@@ -46,6 +47,8 @@ def store_runs(args: argparse.Namespace) -> pl.DataFrame:
         raise
     if "tag.sweep_parent" in runs.columns:
         runs = runs.filter(pl.col("tag.sweep_parent").is_null())
+    if f"tag.{Tag.FORECAST}" in runs.columns:  # forecast runs (lab-fit forecast) are no points of a law
+        runs = runs.filter(pl.col(f"tag.{Tag.FORECAST}").is_null())
     finished = runs.filter(pl.col("status") == "FINISHED")
     if finished.height == 0:
         found = dict(runs["status"].value_counts().iter_rows()) if runs.height else {}

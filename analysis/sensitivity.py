@@ -113,6 +113,21 @@ def loss_sensitivity(df: pl.DataFrame, targets_C: Sequence[float], fit_kwargs: M
             leave_one_out(df, group_labels(df["N"].to_numpy()), forecast, "size")]
 
 
+def loss_sensitivity_at(df: pl.DataFrame, N: float, D: float, fit_kwargs: Mapping[str, Any],
+                        rel_tol: float = BUDGET_REL_TOL) -> list[Sensitivity]:
+    """Loss fit: the predicted loss at (N, D), leaving out one budget, then one size (warm-started refits)."""
+    df = with_derived_columns(df)
+    full = fit_loss(df, **{**fit_kwargs, "bootstrap": 0})
+    start = get_form(full.form).from_params(np.array(list(full.params.values())))[None, :]
+
+    def forecast(part: pl.DataFrame) -> dict[str, float]:
+        fit = fit_loss(part, **{**fit_kwargs, "bootstrap": 0, "starts": start})
+        return {f"loss@N={N:.3g},D={D:.3g}": float(np.asarray(fit.predict(N, D)))}
+
+    return [leave_one_out(df, group_labels(df["C"].to_numpy(), rel_tol), forecast, "budget"),
+            leave_one_out(df, group_labels(df["N"].to_numpy()), forecast, "size")]
+
+
 def isoflop_sensitivity(df: pl.DataFrame, targets_C: Sequence[float], rel_tol: float = BUDGET_REL_TOL,
                         **fit_kwargs: Any) -> Sensitivity:
     """IsoFLOP fit: N*, D* at each target C, leaving out one budget (as the fit clusters them)."""
