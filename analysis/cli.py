@@ -253,7 +253,8 @@ def _parser() -> argparse.ArgumentParser:
 
     hp = sub.add_parser("hparams", parents=[common, scale], help="optimal lr and batch size vs N, D, C")
     hp.add_argument("--method", choices=["auto", *HPARAM_METHODS], default="auto")
-    hp.add_argument("--near", type=_positive, default=JOINT_NEAR, help="joint: relative excess loss of the configs fitted")
+    hp.add_argument("--near", type=_positive, default=JOINT_NEAR,
+                    help="joint: configs within this relative excess of their cell's best are fitted")
     hp.add_argument("--tolerance", type=_positive, default=PLATEAU_TOLERANCE, help="plateau: relative excess loss")
     for name in ("N", "D", "C"):
         hp.add_argument(f"--target-{name}", type=_positive, metavar=name)

@@ -160,7 +160,7 @@ def sensitivity_table(sens: Sensitivity) -> str:
              str(r["worst_left_out"]), f"{r['n_refits']} ({r['n_failed']} failed)"]
             for r in sens.summary.to_dicts()]
     return table(["forecast", "full fit", "std", "worst", f"worst {sens.left_out} left out", "refits"], rows,
-                 f"sensitivity: the forecast refitted leaving one {sens.left_out} out (next to the 95% intervals above)")
+                 f"sensitivity: the forecast refitted leaving one {sens.left_out} out (beside the 95% intervals)")
 
 
 def cbs_report(local: pl.DataFrame, curve: CbsFit, plan: BatchWarmupPlan | None) -> str:

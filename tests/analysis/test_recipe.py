@@ -27,7 +27,8 @@ def test_recipe_at_N_D_follows_the_prediction(fit):
     ov = dict(o.split("=", 1) for o in r.to_overrides())
     assert ov["batch.schedule"] == "linear" and int(ov["batch.start_sequences"]) < r.sequences
     # lab-train rescales lr by sqrt(batch / start batch): it reaches lr* at the final batch
-    assert float(ov["optim.lr"]) * math.sqrt(r.sequences / int(ov["batch.start_sequences"])) == pytest.approx(r.lr, rel=1e-3)
+    ramp = r.sequences / int(ov["batch.start_sequences"])
+    assert float(ov["optim.lr"]) * math.sqrt(ramp) == pytest.approx(r.lr, rel=1e-3)
     assert float(ov["budget.tokens"]) == pytest.approx(1e10) and ov["model.seq_len"] == "512"
 
 
