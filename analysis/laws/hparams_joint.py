@@ -4,11 +4,15 @@ The per-cell recipes of `analysis.laws.hparams` reduce each (N, D) cell to one n
 laws through those points, so most of the landscape is thrown away. Here every configuration near a cell's
 optimum informs the laws directly. With u = (x, y) = (ln lr, ln B), n = ln N − mean, d = ln D − mean:
 
-    ln L_ij = l_i + ½ · s_i · (u_ij − u*_i)ᵀ H (u_ij − u*_i)
+    ln L_ij = l_i + ½ · s_i · vᵀ H v,   v = (w·dx, dy),  (dx, dy) = u_ij − u*_i,  w = e^g if dx > 0 else 1
     x*_i = a0 + a1·n_i + a2·d_i                 (lr*  = coef·N^exp_N·D^exp_D, Step Law form)
     y*_i = b0 + b1·d_i                          (B*   = coef·D^exp_D, Step Law form, B in tokens)
     s_i  = exp(k_N·n_i + k_D·d_i)               (the bowl sharpens or widens with scale)
     H    = R Rᵀ, R = [[e^r0, 0], [r1, e^r2]]    (positive definite by construction)
+
+w lets the bowl rise faster above the optimal learning rate than below it (g > 0): landscapes are steeper on
+the side where training starts to diverge, and a symmetric bowl fitted to both sides would pull its vertex
+towards the gentle side. The vertex stays at u*_i (the surface is smooth there: its first derivatives are).
 
 l_i is a free level per cell (the cell's best loss). Loss is modelled in logs so the bowl is a *relative* excess,
 as Step Law's 0.25% plateau is, and cells of different loss share one curvature.
@@ -39,10 +43,10 @@ JOINT_NEAR = 0.01
 JOINT_MIN_NEAR = 6
 JOINT_DELTA = 1e-3
 """Huber δ on ln L (Hoffmann et al. 2022 use the same on log loss)."""
-N_GLOBAL = 10  # a0 a1 a2 b0 b1 r0 r1 r2 kN kD
+N_GLOBAL = 11  # a0 a1 a2 b0 b1 r0 r1 r2 kN kD g
 CURVATURE_STARTS = (0.003, 0.03, 0.3)  # diagonal of H at the start; 1% excess at 0.3–3 ln-units from the optimum
-_BOUNDS = (np.array([-np.inf] * 5 + [-12.0, -1e3, -12.0, -5.0, -5.0]),
-           np.array([np.inf] * 5 + [5.0, 1e3, 5.0, 5.0, 5.0]))  # keeps exp() finite; curvature e^±12 is no bowl
+_BOUNDS = (np.array([-np.inf] * 5 + [-12.0, -1e3, -12.0, -5.0, -5.0, -3.0]),
+           np.array([np.inf] * 5 + [5.0, 1e3, 5.0, 5.0, 5.0, 3.0]))  # keeps exp() finite; curvature e^±12 is no bowl
 
 
 class JointFitError(ValueError):
@@ -91,7 +95,7 @@ def select_near(cells: Sequence[tuple[float, float, np.ndarray, np.ndarray, np.n
 
 @dataclass(frozen=True, eq=False)
 class JointFit:
-    """The fitted surface. theta: [a0, a1, a2, b0, b1, r0, r1, r2, k_N, k_D] on centred logs (centre mN, mD);
+    """The fitted surface. theta: [a0, a1, a2, b0, b1, r0, r1, r2, k_N, k_D, g] on centred logs (mN, mD);
     levels: l_i per cell. `law()` gives the Step-Law-form parameters in absolute logs."""
 
     theta: np.ndarray
@@ -114,9 +118,14 @@ class JointFit:
         return t[0] + t[1] * lN + t[2] * lD, t[3] + t[4] * lD
 
     def hessian(self, N: float, D: float) -> np.ndarray:
-        """Curvature s·H of ln L in (ln lr, ln B) at (N, D)."""
+        """Curvature s·H of ln L in (ln lr, ln B) at (N, D), below the optimal lr (above it: ln lr scaled by e^g)."""
         s = np.exp(self.theta[8] * (np.log(N) - self.mN) + self.theta[9] * (np.log(D) - self.mD))
         return s * _H(self.theta)
+
+    def excess(self, N: float, D: float, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+        """ln L − l at offsets (dx, dy) = (ln lr, ln B) − the vertex, in the cell (N, D)."""
+        v = np.column_stack([np.where(dx > 0, np.exp(self.theta[10]), 1.0) * dx, dy])
+        return 0.5 * np.einsum("ij,jk,ik->i", v, self.hessian(N, D), v)
 
 
 def _law(theta: np.ndarray, mN: float, mD: float) -> np.ndarray:
@@ -130,34 +139,39 @@ def _H(theta: np.ndarray) -> np.ndarray:
 
 
 def _residuals(p: np.ndarray, land: Landscape, n: np.ndarray, d: np.ndarray) -> np.ndarray:
-    a0, a1, a2, b0, b1, r0, r1, r2, kN, kD = p[:N_GLOBAL]
+    a0, a1, a2, b0, b1, r0, r1, r2, kN, kD, g = p[:N_GLOBAL]
     levels = p[N_GLOBAL:]
     c = land.cell
     dx = land.x - (a0 + a1 * n[c] + a2 * d[c])
+    dx = np.where(dx > 0, np.exp(g), 1.0) * dx
     dy = land.y - (b0 + b1 * d[c])
     e0, e2 = np.exp(r0), np.exp(r2)
-    q = (e0 * dx + r1 * dy) ** 2 + (e2 * dy) ** 2  # uᵀ R Rᵀ u with Rᵀu = (e0·dx + r1·dy, e2·dy)
+    q = (e0 * dx + r1 * dy) ** 2 + (e2 * dy) ** 2  # vᵀ R Rᵀ v with Rᵀv = (e0·dx + r1·dy, e2·dy)
     return land.logL - levels[c] - 0.5 * np.exp(kN * n[c] + kD * d[c]) * q
 
 
 def _jacobian(p: np.ndarray, land: Landscape, n: np.ndarray, d: np.ndarray) -> np.ndarray:
     """d residual / d p, analytic (see _residuals)."""
-    a0, a1, a2, b0, b1, r0, r1, r2, kN, kD = p[:N_GLOBAL]
+    a0, a1, a2, b0, b1, r0, r1, r2, kN, kD, g = p[:N_GLOBAL]
     c = land.cell
     nc, dc = n[c], d[c]
     dx = land.x - (a0 + a1 * nc + a2 * dc)
+    above = dx > 0
+    w = np.where(above, np.exp(g), 1.0)
+    dx = w * dx  # the scaled offset v_x
     dy = land.y - (b0 + b1 * dc)
     e0, e2 = np.exp(r0), np.exp(r2)
     A, B = e0 * dx + r1 * dy, e2 * dy
     s = np.exp(kN * nc + kD * dc)
     J = np.zeros((c.size, p.size))
-    ga = s * A * e0  # d r / d a0
+    ga = s * A * e0 * w  # d r / d a0
     gb = s * (A * r1 + B * e2)  # d r / d b0
     half_sq = 0.5 * s * (A * A + B * B)
     J[:, 0], J[:, 1], J[:, 2] = ga, ga * nc, ga * dc
     J[:, 3], J[:, 4] = gb, gb * dc
     J[:, 5], J[:, 6], J[:, 7] = -s * A * e0 * dx, -s * A * dy, -s * B * e2 * dy
     J[:, 8], J[:, 9] = -half_sq * nc, -half_sq * dc
+    J[:, 10] = np.where(above, -s * A * e0 * dx, 0.0)
     J[np.arange(c.size), N_GLOBAL + c] = -1.0
     return J
 
@@ -182,7 +196,7 @@ def _starts(land: Landscape, n: np.ndarray, d: np.ndarray) -> list[np.ndarray]:
     out = []
     for h in CURVATURE_STARTS:
         r = 0.5 * np.log(h)
-        out.append(np.concatenate([a, b, [r, 0.0, r, 0.0, 0.0], land.logL[best]]))
+        out.append(np.concatenate([a, b, [r, 0.0, r, 0.0, 0.0, 0.0], land.logL[best]]))
     return out
 
 
@@ -237,12 +251,11 @@ def cell_optima(fit: JointFit, land: Landscape, delta: float = JOINT_DELTA) -> n
     out = np.empty((land.lN.size, 2))
     for i in range(land.lN.size):
         rows = land.cell == i
-        H = fit.hessian(np.exp(land.lN[i]), np.exp(land.lD[i]))
-        x0 = np.array(fit.optimum(np.exp(land.lN[i]), np.exp(land.lD[i])))
+        N, D = np.exp(land.lN[i]), np.exp(land.lD[i])
+        x0 = np.array(fit.optimum(N, D))
 
         def resid(p: np.ndarray) -> np.ndarray:
-            du = np.column_stack([land.x[rows] - p[1], land.y[rows] - p[2]])
-            return land.logL[rows] - p[0] - 0.5 * np.einsum("ij,jk,ik->i", du, H, du)
+            return land.logL[rows] - p[0] - fit.excess(N, D, land.x[rows] - p[1], land.y[rows] - p[2])
 
         res = least_squares(resid, np.array([land.logL[rows].min(), *x0]), loss="huber", f_scale=delta)
         out[i] = res.x[1:]

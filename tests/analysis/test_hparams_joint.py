@@ -17,11 +17,12 @@ def step_law(N, D):
     return STEP_LAW_LR[0] * N ** STEP_LAW_LR[1] * D ** STEP_LAW_LR[2], STEP_LAW_BATCH[0] * D ** STEP_LAW_BATCH[1]
 
 
-def landscape(noise=0.0, seed=0, drop_corners=False, cliff=False):
+def landscape(noise=0.0, seed=0, drop_corners=False, cliff=False, steeper_above=1.0):
     """7 x 6 grid per cell (2x steps, offset at random); relative excess 0.012·dx² + 0.006·dy² + 0.004·dx·dy,
     sharper at larger N (curvature ∝ (N/2e6)^0.1). drop_corners: each cell loses one corner of its grid (the
     3 configs nearest it, a different corner per cell). cliff: learning rates 4x above the optimum diverge to a
-    loss 1.5x higher (outside the near set, which must keep them out of the fit)."""
+    loss 1.5x higher (outside the near set, which must keep them out of the fit). steeper_above: ln lr offsets above
+    the optimum count this many times (the bowl rises faster towards divergence)."""
     rng = np.random.default_rng(seed)
     rows = []
     for k, (N, D) in enumerate((N, D) for N in NS for D in DS):
@@ -35,7 +36,7 @@ def landscape(noise=0.0, seed=0, drop_corners=False, cliff=False):
             for j, b in enumerate(iy):
                 if drop_corners and abs(i - 6 * corner[0]) + abs(j - 5 * corner[1]) <= 1:
                     continue
-                dx, dy = a * np.log(2), b * np.log(2)
+                dx, dy = a * np.log(2) * (steeper_above if a > 0 else 1.0), b * np.log(2)
                 excess = s * (0.012 * dx * dx + 0.006 * dy * dy + 0.004 * dx * dy)
                 loss = L0 * (1.5 if cliff and a >= 2 else 1 + excess) * (1 + noise * rng.standard_normal())
                 rows.append({"N": N, "D": D, "lr": lr_star * 2.0 ** a, "B": B_star * 2.0 ** b, "loss": loss})
@@ -77,6 +78,17 @@ def test_noisy_landscape_recovers_the_laws_within_their_intervals(drop_corners):
     lr_true, B_true = step_law(1e8, 1e10)
     assert pred.lr_ci95[0] < pred.lr < pred.lr_ci95[1]
     assert abs(np.log(pred.lr / lr_true)) < 0.3 and abs(np.log(pred.B / B_true)) < 0.4
+
+
+def test_bowl_steeper_above_the_optimal_lr_is_recovered_with_its_vertex():
+    res = fit_hparams(landscape(steeper_above=2.0), method="joint", bootstrap=0, near=0.02)
+    err = law_error(res)
+    assert all(abs(v) < 0.01 for k, v in err.items() if "coef" not in k), err
+    assert abs(err["ln coef"]) < 0.05, err
+    land = select_near([(N, D, np.log(g["lr"].to_numpy()), np.log(g["B"].to_numpy()), g["loss"].to_numpy())
+                        for (N, D), g in landscape(steeper_above=2.0).group_by(["N", "D"], maintain_order=True)],
+                       near=0.02)
+    assert fit_joint(land).theta[10] == pytest.approx(np.log(2.0), abs=0.05)  # g: e^g = 2
 
 
 def test_cliff_of_divergent_learning_rates_stays_out_of_the_fit():
