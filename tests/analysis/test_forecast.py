@@ -1,5 +1,6 @@
 """A forecast recorded in a real MLflow store round-trips, stays out of the fits, and is checked against a later run."""
 
+import argparse
 import json
 
 import numpy as np
@@ -7,6 +8,8 @@ import polars as pl
 import pytest
 
 from analysis import cli
+from analysis.cli_forecast import _fit
+from analysis.cli_input import Progress
 from tracking.forecasts import load_forecasts, runs_digest
 from tracking.record import Artifact, Metric, Param, Tag
 
@@ -110,3 +113,20 @@ def test_forecast_needs_a_store_and_a_target(store, tmp_path, capsys):
         assert cli.main(["forecast", *map(str, argv)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and words in err and err.count("\n") == 1
+
+
+def test_hparams_and_isoflop_forecasts_predict_with_intervals_and_sensitivity():
+    from test_hparams import landscape, step_law
+    from test_isoflop import parabola_runs
+
+    args = argparse.Namespace(law="hparams", method="convex", bootstrap=20, seed=0)
+    preds, (sens,), extra = _fit(args, landscape(step_law, noise=5e-4), {"N": 1e8, "D": 1e10}, Progress(True))
+    lr, B = step_law(1e8, 1e10)
+    assert preds["lr"]["value"] == pytest.approx(lr, rel=0.05) and preds["B"]["value"] == pytest.approx(B, rel=0.05)
+    assert preds["lr"]["lo"] < preds["lr"]["value"] < preds["lr"]["hi"] and extra == {"method": "convex"}
+    assert sens.left_out == "cell" and sens.refits.height == 9
+    args = argparse.Namespace(law="isoflop", bootstrap=20, seed=0)
+    preds, (sens,), _ = _fit(args, parabola_runs(G=0.1, a=0.5), {"C": 1e19}, Progress(True))
+    assert preds["N"]["value"] == pytest.approx(0.1 * 1e19 ** 0.5, rel=0.1)
+    assert preds["D"]["value"] == pytest.approx(1e19 / (6 * preds["N"]["value"]))
+    assert sens.left_out == "budget" and sens.refits.height == 5
