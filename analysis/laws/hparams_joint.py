@@ -25,8 +25,8 @@ cell on a 2x grid keeps several configurations on each side of its optimum to fi
 that the cliff is out; the floor of 6 keeps a cell with a coarse grid (or a missing corner) in the fit. The
 selection is by a cell's own observed losses, before any law is fitted, so it cannot favour a law.
 
-Measured on synthetic 4 x 4-cell landscapes (17 x 13 grids at 2^0.5 steps, a bowl 4 x steeper above lr* at
-1 ln-unit, per-cell optima scattered 5% around the laws, 0.1% noise, each cell left out in turn): the loss gap at
+Measured on synthetic 4 x 4-cell landscapes (17 x 13 grids at 2^0.5 steps, a cubic rise 0.004·dx³ above lr*,
+per-cell optima scattered 5% around the laws, 0.1% noise, each cell left out in turn): the true loss gap at
 the predicted (lr, B) was 0.0035% (near 1%), 0.0061% (3%: the steep side bends the bowl), 0.030% (0.3%: too few
 configurations fix the curvature); the plateau recipe's 0.0057%. Snapped to the nearest grid configuration the
 plateau scored better (0.092% vs 0.126%): its optimum leans to the gentle side, which grid snapping rewards.
