@@ -33,6 +33,7 @@ from analysis.laws.loglinear import jsonable, prediction_interval
 from analysis.laws.loss import compute_optimal, fit_loss
 from analysis.sensitivity import hparams_sensitivity, isoflop_sensitivity, loss_sensitivity, loss_sensitivity_at
 from tracking.forecasts import load_forecasts, record_check, record_forecast, runs_digest
+from tracking.record import Tag
 
 LAWS = ("loss", "isoflop", "hparams")
 NEEDED = {"loss": ["N", "D", "loss"], "isoflop": ["N", "C", "loss"], "hparams": ["N", "D", "lr", "B", "loss"]}
@@ -67,8 +68,8 @@ def _fit(args: argparse.Namespace, df: pl.DataFrame, target: dict[str, float], s
         sens = hparams_sensitivity(df, res.method, **target)
         return {"lr": _pred(p.lr, *p.lr_ci95), "B": _pred(p.B, *p.B_ci95)}, [sens], {"method": res.method}
     if args.law == "isoflop":
-        if "tag.budget" in df.columns:  # IsoFLOP sweeps tag each run with its planned budget C, as in lab-fit isoflop
-            budget = df["tag.budget"].cast(pl.Float64, strict=False)
+        if f"tag.{Tag.BUDGET}" in df.columns:  # planned budget C, as lab-fit isoflop reads it
+            budget = df[f"tag.{Tag.BUDGET}"].cast(pl.Float64, strict=False)
             df = df.with_columns(budget=budget) if budget.null_count() == 0 else df
         a = predict_optimal(fit_isoflop(df, bootstrap=args.bootstrap, seed=args.seed), target["C"])
         return ({"N": _pred(a.N, *a.N_ci95), "D": _pred(a.D, *a.D_ci95)}, [isoflop_sensitivity(df, [target["C"]])],

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from analysis.laws.hparams import HparamsResult, predict_hparams
+from tracking.record import Param
 
 WARMUP_FRACTION = 0.05
 """LR warmup as a fraction of the run's tokens (conf/optim's default warmup_fraction)."""
@@ -53,9 +54,9 @@ class Recipe:
         out = [f"budget.tokens={self.D:.6g}", f"optim.warmup_tokens={self.warmup_tokens:.6g}",
                f"model.seq_len={self.seq_len}"]
         if self.start_sequences is None:
-            return [f"optim.lr={self.lr:.4g}", "batch.schedule=constant", f"batch.sequences={self.sequences}", *out]
+            return [f"{Param.LR}={self.lr:.4g}", "batch.schedule=constant", f"batch.sequences={self.sequences}", *out]
         start_lr = self.lr * math.sqrt(self.start_sequences / self.sequences)  # lr_rescale=sqrt reaches lr* at B
-        return [f"optim.lr={start_lr:.4g}", "batch.schedule=linear", f"batch.start_sequences={self.start_sequences}",
+        return [f"{Param.LR}={start_lr:.4g}", "batch.schedule=linear", f"batch.start_sequences={self.start_sequences}",
                 f"batch.sequences={self.sequences}", f"batch.ramp_tokens={self.warmup_tokens:.6g}",
                 "batch.lr_rescale=sqrt", *out]
 

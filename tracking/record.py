@@ -133,7 +133,7 @@ class Tag:
     OPTUNA_STORAGE: Final = "optuna_storage"
     OPTUNA_RETRY_OF: Final = "optuna_retry_of"
     # --- forecasts recorded before the run they forecast (tracking.forecasts, lab-fit forecast)
-    FORECAST: Final = "forecast"
+    FORECAST: Final = "forecast_law"
     """Marks a forecast run (not a training run); its value is the law: loss, isoflop or hparams."""
     FORECAST_TARGET: Final = "forecast_target"
     """The target, e.g. ``N=1e+08,D=1e+10`` or ``C=1e+20``."""

@@ -51,7 +51,7 @@ def lab_fit(argv, capsys):
 
 def test_forecast_round_trips_and_is_checked_against_a_later_run(store, tmp_path, capsys):
     uri, client, exp = store
-    out = tmp_path / "forecast.json"
+    out = tmp_path / "recorded.json"
     stdout = lab_fit(["forecast", "--tracking-uri", uri, "--law", "loss", "--target-N", TARGET[0], "--target-D",
                       TARGET[1], "--bootstrap", 30, "--out", out, "-q"], capsys)
     recorded = json.loads(out.read_text())
