@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-full test install install-dev clean
+.PHONY: demo demo-full test lint install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first: the CPU build on local disk here; a GPU user installs their CUDA torch into .venv beforehand.
-	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet "torch>=2.5,<3"
+	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet "torch>=2.6,<3"
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
@@ -28,6 +28,10 @@ demo-full: install
 
 test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The rule set is [tool.ruff] in pyproject.toml; CI runs this before the tests.
+lint: install-dev
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) .cache outputs multirun checkpoints mlflow.db mlruns mlartifacts

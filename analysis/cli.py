@@ -21,7 +21,8 @@ smallest B.
 
 Tables go to stdout, progress to stderr, the result to --out as strict JSON (NaN as null). Bad input (a missing
 file or column, NaN, non-positive values, too few points) prints one line `error: ...` naming the problem and the
-fix, exits with status 2 and writes nothing.
+fix, exits with status 2 and writes nothing. With a store, `--log` also puts the law's JSON and figures onto the
+parent run of --sweep (`analysis.cli_log`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 
 import polars as pl
 
-from analysis import report
+from analysis import cli_log, report
 from analysis.cli_input import CliError, Progress, complete, frame, store_runs
 from analysis.extrapolate import holdout_check
 from analysis.laws.cbs import CBS_TOLERANCE, fit_cbs_curve, local_cbs, propose_batch_warmup
@@ -98,6 +99,7 @@ def _loss(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
                               seed=args.seed, exclude_top_loss=args.exclude_top_loss, **groups)
         print("\n" + report.holdout_table(check), flush=True)
         out["holdout"] = {**check.summary(), "params": check.fit.params, "points": check.frame.to_dicts()}
+    args.figures = cli_log.loss_figures(df, fit, check.frame if args.holdout_above else None, args.holdout_above)
     if args.target_C:
         optimal = compute_optimal(fit, args.target_C)
         print("\n" + report.compute_optimal_table(optimal))
@@ -120,6 +122,7 @@ def _isoflop(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     result = fit_isoflop(df, bootstrap=args.bootstrap, seed=args.seed, rel_tol=args.budget_tol)
     allocations = [predict_optimal(result, C) for C in args.target_C or ()]
     print(report.isoflop_report(result, allocations))
+    args.figures = cli_log.isoflop_figures(df, result, args.budget_tol)
     sens = None
     if allocations and not args.no_sensitivity:
         say("sensitivity: refitting without each budget")
@@ -145,6 +148,7 @@ def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     prediction = (predict_hparams(result, N=args.target_N, D=args.target_D, C=args.target_C)
                   if args.target_N or args.target_C else None)
     print(report.hparams_report(result, prediction))
+    args.figures = cli_log.hparams_figures(result)
     plan = None
     if prediction is not None:
         plan = recipe(result, args.seq_len, N=args.target_N, D=args.target_D, C=args.target_C,
@@ -209,6 +213,7 @@ def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     else:
         say("no batch warmup proposed: give --seq-len and --total-tokens (known from the store's reference run)", True)
     print(report.cbs_report(local, curve, plan))
+    args.figures = cli_log.cbs_figures(local, curve, plan, total)
     warmup = None if plan is None else {**asdict(plan), "overrides": plan.to_overrides()}
     return {"form": "cbs", "tolerance": args.tolerance, "reference_B": reference_B, "local": local.to_dicts(),
             "curve": curve.to_dict(), "warmup": warmup}
@@ -225,6 +230,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--out", type=Path, help="write the result here as JSON")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    cli_log.add_argument(common)
     common.add_argument("--no-sensitivity", action="store_true",
                         help="skip the leave-one-budget/size/cell-out refits of the forecast at the target")
     scale = argparse.ArgumentParser(add_help=False)
@@ -266,8 +272,9 @@ def _parser() -> argparse.ArgumentParser:
     cbs = sub.add_parser("cbs", parents=[common], help="critical batch size from branch runs, batch warmup")
     cbs.add_argument("--tolerance", type=_positive, default=CBS_TOLERANCE, help="relative loss excess allowed")
     cbs.add_argument("--reference", metavar="RUN_ID", help="MLflow: the branches of this reference run")
-    cbs.add_argument("--reference-B", type=_positive, metavar="B", help="reference batch (tokens); default: the branches' "
-                     f"{REFERENCE_B} when read from a store, else the smallest B of each checkpoint")
+    cbs.add_argument("--reference-B", type=_positive, metavar="B",
+                     help=f"reference batch (tokens); default: the branches' {REFERENCE_B} when read from a store, "
+                     "else the smallest B of each checkpoint")
     cbs.add_argument("--interpolate", action="store_true", help="interpolate the CBS between B_pass and B_fail")
     cbs.add_argument("--seq-len", type=int, help="sequence length of the planned run (tokens)")
     cbs.add_argument("--total-tokens", type=_positive, help="training tokens of the planned run")
@@ -305,10 +312,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     say = Progress(args.quiet)
     try:
         _check_out(args.out)
+        parent = cli_log.sweep_parent(args) if args.log else None  # a wrong --sweep fails before the fit
         payload = args.run(args, say)
         if args.out is not None:
             _write_json(args.out, payload)
             say(f"wrote {args.out}")
+        if parent is not None:
+            cli_log.log_law(args, parent, payload, args.figures, say)
     except (ValueError, OSError, pl.exceptions.PolarsError) as err:
         message = " ".join(str(err).split())  # one line, no traceback
         if isinstance(err, pl.exceptions.PolarsError):  # e.g. a ragged CSV

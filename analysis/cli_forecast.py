@@ -162,6 +162,9 @@ def _run(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     if args.tracking_uri is None:
         raise CliError("a forecast lives in an MLflow store: give --tracking-uri (e.g. sqlite:///mlflow.db), "
                        "not --input")
+    if getattr(args, "log", False):
+        raise CliError("--log puts a fitted law onto its sweep's parent run; a forecast is a run of its own: "
+                       "drop --log")
     return _check(args, say) if args.check else _record(args, say)
 
 

@@ -341,7 +341,8 @@ class FitResult:
         rows = "".join(
             f"<tr><td>{html.escape(n)}{' ⚠ at bound' if n in self.at_bound else ''}</td><td>{v:.6g}</td>"
             f"<td>{self.stderr.get(n, float('nan')):.3g}</td>"
-            f"<td>[{self.ci95.get(n, (float('nan'),) * 2)[0]:.4g}, {self.ci95.get(n, (float('nan'),) * 2)[1]:.4g}]</td></tr>"
+            f"<td>[{self.ci95.get(n, (float('nan'),) * 2)[0]:.4g}, "
+            f"{self.ci95.get(n, (float('nan'),) * 2)[1]:.4g}]</td></tr>"
             for n, v in self.params.items())
         rms = float(np.sqrt(np.mean(self.residuals ** 2))) if self.residuals.size else float("nan")
         return (f"<div><b>{html.escape(self.form)}</b> — {self.n_points} points, objective {self.objective:.6g}, "

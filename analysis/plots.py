@@ -25,10 +25,13 @@ if TYPE_CHECKING:
     from analysis.laws.isoflop import IsoflopResult
 
 LABELS = {
-    "N": "N (non-embedding parameters)", "D": "D (tokens)", "C": "C (FLOPs)", "loss": "L (nats/token)",
-    "B": "B (tokens)", "lr": "lr (peak)", "tokens": "D (tokens seen)", "flops": "C (FLOPs spent)",
+    "N": "N (non-embedding parameters)", "D": "D (tokens)", "C": "C = 6·N·D (FLOPs)", "loss": "L (nats/token)",
+    "B": "B (tokens)", "lr": "lr (peak)", "tokens": "D (tokens seen)",
+    "model_flops": "model FLOPs (attention and head included)",
     "step": "S (optimizer steps)", "residual": "ln L − ln L̂ (log residual)",
 }
+CURVE_X = ("tokens", "C", "step")
+"""What learning curves are drawn against: tokens seen, compute spent C = 6·N·tokens, optimizer steps."""
 SCALE = "Viridis"
 TEMPLATE = "plotly_white"
 MAX_CURVE_POINTS = 2000  # per run: a browser draws 1,000-step curves of many runs without stalling
@@ -268,10 +271,10 @@ def _thin(g: pl.DataFrame, limit: int = MAX_CURVE_POINTS) -> pl.DataFrame:
 
 def learning_curves(curves: pl.DataFrame, runs: pl.DataFrame | None = None, metric: str = "val/loss",
                     x: str = "tokens", log_x: bool = True, log_y: bool = False) -> go.Figure:
-    """One line per run of `metric` against tokens, flops (C spent) or step, named by run_name when `runs`
+    """One line per run of `metric` against tokens, C (6·N·tokens spent) or step, named by run_name when `runs`
     (run_id, run_name) is given. Long curves are thinned to MAX_CURVE_POINTS points per run for drawing."""
-    if x not in ("tokens", "flops", "step"):
-        raise ValueError(f"x must be 'tokens', 'flops' or 'step', got {x!r}")
+    if x not in CURVE_X:
+        raise ValueError(f"x must be one of {', '.join(CURVE_X)}, got {x!r}")
     names = ({rid: name for rid, name in zip(runs["run_id"].to_list(), runs["run_name"].to_list()) if name}
              if runs is not None else {})
     data = (curves.filter(pl.col("metric") == metric).drop_nulls(x)

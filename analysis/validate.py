@@ -30,7 +30,8 @@ def check_arrays(columns: Mapping[str, np.ndarray], min_points: int = 1, n_param
     for name, values in columns.items():
         v = np.asarray(values, dtype=float)
         if n_rows is not None and v.size != n_rows:
-            raise PointsError(f"column {name!r} has {v.size} rows but the others have {n_rows}; pass equal-length arrays")
+            raise PointsError(f"column {name!r} has {v.size} rows but the others have {n_rows}; "
+                              "pass equal-length arrays")
         n_rows = v.size
         bad = ~np.isfinite(v)
         if bad.any():

@@ -94,7 +94,8 @@ def run_table(runs: pl.DataFrame) -> pl.DataFrame:
 
 def run_labels(runs: pl.DataFrame) -> dict[str, str]:
     """run_id -> "run_name (short id)" for pickers."""
-    return {rid: f"{name or '?'} ({rid[:6]})" for rid, name in zip(runs["run_id"].to_list(), runs["run_name"].to_list())}
+    return {rid: f"{name or '?'} ({rid[:6]})"
+            for rid, name in zip(runs["run_id"].to_list(), runs["run_name"].to_list())}
 
 
 def default_runs(runs: pl.DataFrame, k: int = 5) -> list[str]:
@@ -137,7 +138,8 @@ def show_law(fit: FitResult, title: str) -> None:
     """The law's name, every parameter with its interval in one line, and the table with SEs."""
     title = title.replace("*", "\\*")  # lr*, B*: not markdown emphasis
     st.markdown(f"**{title}** — `{fit.form}`, {fit.n_points} points, {fit.n_resamples} bootstrap resamples")
-    st.markdown(" · ".join(f"**{k}** = {interval(v, fit.ci95.get(k, (np.nan, np.nan)))}" for k, v in fit.params.items()))
+    st.markdown(" · ".join(f"**{k}** = {interval(v, fit.ci95.get(k, (np.nan, np.nan)))}"
+                           for k, v in fit.params.items()))
     if fit.at_bound:
         st.warning(f"{', '.join(fit.at_bound)} ended on a bound of the fit: the optimum is not interior and its "
                    "interval is not trustworthy; add points or widen the bounds")

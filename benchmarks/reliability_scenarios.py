@@ -72,7 +72,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def tracking_server(workdir: Path, backend: str, workers: int = 2) -> Iterator[Any]:
     """lab-server on a free port over ``backend`` (artifacts under workdir), stopped afterwards."""
-    from lab.server import ServerConfig, ServerProcess
+    from tracking.server import ServerConfig, ServerProcess
 
     cfg = ServerConfig(backend_store_uri=backend, artifacts_destination=workdir / "mlartifacts", port=free_port(),
                        workers=workers)
@@ -412,7 +412,7 @@ def outage_run(workdir: Path, server: Any, outage_s: float, mode: str = "kill", 
 
 
 def pending_in_checkpoint(path: Path) -> int:
-    """Metric rows a checkpoint carries for the store (lab.tracking.PendingMetrics)."""
+    """Metric rows a checkpoint carries for the store (lab.logger.PendingMetrics)."""
     import shutil
     import tempfile
 

@@ -123,7 +123,7 @@ def main() -> None:
         try:
             # The store's creation (~5 s) is not a per-run cost; made by another process so that this one
             # imports Lightning inside the timed sweep, as a fresh `lab-sweep` would.
-            subprocess.run([sys.executable, "-c", "import sys; from lab.tracking import ensure_store; "
+            subprocess.run([sys.executable, "-c", "import sys; from tracking.store import ensure_store; "
                             "ensure_store(sys.argv[1])", f"sqlite:///{workdir}/mlflow.db"], check=True)
             inproc = in_process(workdir, args.runs)
             procs = per_process(workdir, args.processes)

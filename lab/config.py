@@ -209,7 +209,7 @@ class TrainerConfig:
     logits (lab.losses); None: the naive loss."""
     checkpoint_at_tokens: list[float] = field(default_factory=list)
     """Token counts at which to keep a checkpoint ``tokens-<T>.ckpt`` (and its record ``tokens-<T>.json``) beside
-    last.ckpt, never overwritten: the branch points of a critical-batch-size study (lab.init). Each T must end
+    last.ckpt, never overwritten: the branch points of a critical-batch-size study (lab.branching). Each T must end
     an optimizer step and come before the end of the run."""
 
     def __post_init__(self) -> None:
@@ -232,7 +232,7 @@ class TrainerConfig:
 @dataclass
 class InitConfig:
     """Start from a checkpoint of a reference run and train a token window at another batch size: a branch of a
-    critical-batch-size study (Merrill et al. 2025; lab.init). checkpoint=None: train from scratch."""
+    critical-batch-size study (Merrill et al. 2025; lab.branching). checkpoint=None: train from scratch."""
 
     checkpoint: Optional[str] = None
     """A ``tokens-<T>.ckpt`` that a reference run kept (trainer.checkpoint_at_tokens), its record beside it."""
@@ -262,10 +262,13 @@ class TrackingConfig:
     """MLflow tracking URI: a SQLite file in the working directory by default, or http://host:port."""
     experiment: str = "default"
     run_name: Optional[str] = None
-    """None: a deterministic name from N, D, B, lr and seed."""
+    """None: a deterministic name from N, D, B, lr and seed, ending in the run's identity digest (lab.identity)."""
     tags: dict[str, str] = field(default_factory=dict)
     parent_run_id: Optional[str] = None
     """The sweep's parent run: this run is recorded as its child (MLflow's mlflow.parentRunId tag)."""
+    system_metrics_s: Optional[float] = 10.0
+    """Seconds between samples of CPU, memory, disk, network and GPU use (MLflow's system metrics, ``system/*``);
+    null turns them off."""
 
 
 @dataclass

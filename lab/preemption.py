@@ -5,8 +5,9 @@ job before its time limit with the signal of ``--signal`` (submitit asks for USR
 A signal lands in the middle of an optimizer step, so during training ``Preemption`` only records it. At the end of
 that step (after any pruning report: it is the last callback but the checkpoint ones) every rank agrees to stop, the
 checkpoint of *this* step is written to ``last.ckpt`` (carrying the metrics the store has not yet taken:
-``lab.tracking.PendingMetrics``), the MLflow run ends KILLED with ``status_reason = "preempted by SIGTERM after step S of …"``, and
-``Preempted`` is raised. ``resume=true`` then continues the same MLflow run from that step, every step recorded once.
+``lab.logger.PendingMetrics``), the MLflow run ends KILLED with
+``status_reason = "preempted by SIGTERM after step S of …"``, and ``Preempted`` is raised. ``resume=true`` then
+continues the same MLflow run from that step, every step recorded once.
 
 ``Preempted`` is a ``SystemExit``, as Lightning's own ``SIGTERMException``: the process was told to end, so it passes
 the ``except Exception`` of sweep jobs, Hydra and Optuna, and ends ``lab-train`` / ``lab-study`` with exit status
@@ -34,8 +35,9 @@ from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from mlflow.entities import RunTag
-from mlflow.tracking import MlflowClient
+
+from tracking.record import Checkpoint, FailureKind, Tag
+from tracking.runs import REASON_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,12 @@ PREEMPTED_EXIT = 75
 
 class StopRun(Exception):
     """Raised by a callback to end a run early on purpose: the MLflow run ends KILLED with this message as its
-    status_reason (not FAILED), and the exception propagates out of lab.run.train."""
+    status_reason (not FAILED), and the exception propagates out of lab.run.train. ``kind`` is its status_kind
+    (a FailureKind; pruners stop runs)."""
+
+    def __init__(self, message: str, kind: str = FailureKind.PRUNED):
+        super().__init__(message)
+        self.kind = kind
 
 
 class Preempted(SIGTERMException):
@@ -111,7 +118,7 @@ class Preemption(L.Callback):
         # Every rank stops at the same step (saving is collective); any rank's signal counts.
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False) or step == steps:
             return
-        path = self.ckpt_dir / "last.ckpt"
+        path = self.ckpt_dir / Checkpoint.LAST
         trainer.save_checkpoint(path)
         name = self.received or "a signal on another rank"
         stop = Preempted(f"preempted by {name} after step {step} of {steps}: checkpoint {path}; continue the same "
@@ -128,21 +135,8 @@ class Preemption(L.Callback):
         self._restore()
         logger = trainer.logger
         if isinstance(exception, STOPS) and logger is not None:
-            logger.set_tags({"status_reason": str(exception)[:5000]})
+            kind = FailureKind.PREEMPTED if isinstance(exception, Preempted) else exception.kind
+            logger.set_tags({Tag.STATUS_REASON: str(exception)[:REASON_LIMIT], Tag.STATUS_KIND: kind})
             logger.finalize("KILLED")  # flushes the buffered metrics, then ends the MLflow run KILLED
             # Lightning finalizes every logger it still holds as FAILED right after this hook.
             trainer.loggers = []
-
-
-def reopen_run(client: MlflowClient, run_id: str, tags: dict[str, str]) -> int:
-    """A stopped run continues (resume=true): RUNNING again, why it stopped kept as ``resumed_after`` (its
-    ``status_reason`` cleared), ``resumes`` counted, this launch's tags set. Returns the resume count."""
-    run = client.get_run(run_id)
-    reason = run.data.tags.get("status_reason")
-    resumes = int(run.data.tags.get("resumes", "0")) + 1
-    new = {**tags, "resumes": str(resumes), **({"resumed_after": reason} if reason else {})}
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in new.items()])
-    if reason is not None:
-        client.delete_tag(run_id, "status_reason")
-    client.update_run(run_id, status="RUNNING")
-    return resumes

@@ -8,25 +8,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
-from lab import flops, init, parallel, preemption
+from lab import branching, flops, identity, parallel, preemption
 from lab.config import ConfigError, TrainConfig
 from lab.datamodule import TokenData
 from lab.model import GPT, GPTConfig, gpt_config
 from lab.module import Accounting, DivergedError, LitGPT
 from lab.progress import StepProgressBar
-from lab.schedules import BatchSchedule, LRSchedule, PlanStep, plan as schedule_plan
-from lab.tracking import PendingMetrics, RunLogger, ensure_store, git_state, recorded_steps
+from lab.schedules import BatchSchedule, LRSchedule, PlanStep, describe_plan, plan as schedule_plan
+from lab.logger import PendingMetrics, RunLogger
+from tracking import runs as tracked
+from tracking.record import Artifact, Checkpoint, FailureKind, Param, Tag, compute
+from tracking.store import ensure_store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,54 +93,6 @@ def step_plan(cfg: TrainConfig, D: int) -> list[PlanStep]:
     return schedule_plan(lr_s, batch_s, D, cfg.model.seq_len, o.lr, b.lr_rescale)
 
 
-def default_run_name(N: int, D: int, cfg: TrainConfig) -> str:
-    """Deterministic, so a sweep finds its runs again: N, D, B (tokens), lr, seed."""
-    B = cfg.batch.sequences * cfg.model.seq_len
-    return f"N{N:.3g}-D{D:.3g}-B{B}-lr{cfg.optim.lr:g}-s{cfg.seed}".replace("+", "")
-
-
-def flat_params(cfg: TrainConfig) -> dict[str, Any]:
-    def walk(prefix: str, node: Any) -> dict[str, Any]:
-        if isinstance(node, dict):
-            out: dict[str, Any] = {}
-            for k, v in node.items():
-                out.update(walk(f"{prefix}.{k}" if prefix else str(k), v))
-            return out
-        return {prefix: node}
-
-    return walk("", dataclasses.asdict(cfg))
-
-
-TRAJECTORY_SECTIONS = ("model.", "data.", "optim.", "batch.", "budget.", "init.", "seed")
-RESUME_MAY_CHANGE = frozenset({"data.cache_dir", "batch.micro_batch"})
-"""Where the corpus cache lives and how a batch is split into micro-batches may differ between launches (another
-node, fewer devices); everything else in TRAJECTORY_SECTIONS decides what the run trains."""
-
-
-def trajectory_params(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings a resumed run must share with its first launch, as run.json keeps them (JSON values)."""
-    kept = {k: v for k, v in flat_params(cfg).items()
-            if k.startswith(TRAJECTORY_SECTIONS) and k not in RESUME_MAY_CHANGE}
-    return json.loads(json.dumps(kept))
-
-
-def check_resume_matches(meta: dict[str, Any], cfg: TrainConfig, ckpt_dir: Path) -> None:
-    """A resume continues the checkpointed run's plan: a launch with other settings would silently train another
-    one into the same MLflow run. run.json files written before the check existed carry no params: not checked."""
-    recorded = meta.get("params")
-    if recorded is None:
-        return
-    now = trajectory_params(cfg)
-    differ = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
-    if differ:
-        shown = ", ".join(f"{k}: {recorded.get(k)!r} at the first launch, {now.get(k)!r} now" for k in differ[:5])
-        more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
-        raise ConfigError(differ[0], now.get(differ[0]),
-                          f"resume=true continues run {meta.get('run_name', meta['run_id'])} ({ckpt_dir}), which "
-                          f"was started with other settings ({shown}{more}); resume with the first launch's "
-                          "overrides, or start a new run (drop resume=true or give another tracking.run_name)")
-
-
 def peak_flops(cfg: TrainConfig) -> float:
     """The MFU denominator: one device's peak FLOP/s (looked up by name unless configured) times devices."""
     on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
@@ -143,29 +101,25 @@ def peak_flops(cfg: TrainConfig) -> float:
 
 
 def checkpoint_dir(cfg: TrainConfig, run_name: str) -> Path:
-    return Path(cfg.checkpoint_dir) / cfg.tracking.experiment / run_name
-
-
-SHARDED_CHECKPOINT_META = "meta.pt"
-"""Lightning's metadata file in a distributed (sharded) checkpoint directory, written after every shard."""
+    return Checkpoint.run_dir(cfg.checkpoint_dir, cfg.tracking.experiment, run_name)
 
 
 def _resume_target(ckpt_dir: Path, cfg: TrainConfig) -> tuple[str, Path]:
     """The run id and ``last.ckpt``: a file (one device, DDP) or, under strategy=fsdp, a directory of shards."""
     strategy = cfg.trainer.strategy
-    meta, last = ckpt_dir / "run.json", ckpt_dir / "last.ckpt"
+    meta, last = ckpt_dir / Checkpoint.RUN_RECORD, ckpt_dir / Checkpoint.LAST
     if not meta.exists() or not last.exists():
-        raise ConfigError("resume", True, f"no checkpoint to resume in {ckpt_dir} (need run.json and last.ckpt); "
+        raise ConfigError("resume", True, f"no checkpoint to resume in {ckpt_dir} (need {meta.name} and {last.name}); "
                           "give the same tracking.run_name / tracking.experiment / checkpoint_dir as the first "
                           "launch, or drop resume=true to start a new run")
-    if last.is_dir() and not (last / SHARDED_CHECKPOINT_META).exists():
-        raise ConfigError("resume", True, f"the sharded checkpoint {last} has no {SHARDED_CHECKPOINT_META}, so it "
+    if last.is_dir() and not (last / Checkpoint.SHARDED_META).exists():
+        raise ConfigError("resume", True, f"the sharded checkpoint {last} has no {Checkpoint.SHARDED_META}, so it "
                           "was not completely written; delete it to restart the run, or restore an older copy")
     if last.is_dir() and strategy not in parallel.SHARDED:
         raise ConfigError("trainer.strategy", strategy, f"{last} is a sharded (FSDP) checkpoint directory; resume "
                           "it with trainer=fsdp")
     run = json.loads(meta.read_text())
-    check_resume_matches(run, cfg, ckpt_dir)
+    identity.check_resume_matches(run, cfg, ckpt_dir)
     return run["run_id"], last
 
 
@@ -186,7 +140,7 @@ class PreparedRun:
     resume_ckpt: Optional[Path]
     peak_flops: float
     lr_schedule: Optional[LRSchedule] = None
-    branch: Optional[init.Branch] = None
+    branch: Optional[branching.Branch] = None
     """Set when the run starts from a reference's checkpoint (init.checkpoint): a critical-batch-size branch."""
 
 
@@ -196,16 +150,18 @@ def prepare(cfg: TrainConfig) -> PreparedRun:
     N, N_total = flops.non_embedding_params(gpt_cfg), flops.total_params(gpt_cfg)
     D_budget = budget_tokens(cfg, N)
     lr_s = lr_schedule(cfg, D_budget)
-    branch = init.branch_from(cfg, gpt_cfg, N, lr_s) if cfg.init.checkpoint else None
+    branch = branching.branch_from(cfg, gpt_cfg, N, lr_s) if cfg.init.checkpoint else None
     plan = list(branch.plan) if branch else step_plan(cfg, D_budget)
-    init.check_branch_points(cfg.trainer.checkpoint_at_tokens, plan, cfg.model.seq_len)
+    branching.check_branch_points(cfg.trainer.checkpoint_at_tokens, plan, cfg.model.seq_len)
     D = plan[-1].tokens_before + plan[-1].sequences * cfg.model.seq_len
     data = TokenData(cfg.data, seq_len=cfg.model.seq_len, seed=cfg.seed, plan=plan,
                      micro_batch=cfg.batch.micro_batch)
     data.prepare()  # builds or opens the corpus; bad token files fail here
-    run_name = cfg.tracking.run_name or (branch.default_name(cfg.model.seq_len) if branch
-                                         else default_run_name(N, D, cfg))
+    run_name = cfg.tracking.run_name or (branch.default_name(cfg.model.seq_len, identity.run_identity(cfg))
+                                         if branch else identity.default_run_name(N, D, cfg))
     ckpt_dir = checkpoint_dir(cfg, run_name)
+    if not cfg.resume:
+        identity.check_fresh_launch(ckpt_dir, cfg)
     run_id, ckpt_path = _resume_target(ckpt_dir, cfg) if cfg.resume else (None, None)
     return PreparedRun(cfg, gpt_cfg, N, N_total, D, plan, data, run_name, ckpt_dir, run_id, ckpt_path,
                        peak_flops(cfg), lr_s, branch)
@@ -223,26 +179,26 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         torch.set_num_threads(cfg.trainer.threads)
     ensure_store(cfg.tracking.uri)
     logger = RunLogger(experiment_name=cfg.tracking.experiment, run_name=run_name, tracking_uri=cfg.tracking.uri,
-                       tags={**git_state(), **cfg.tracking.tags, **(p.branch.tags() if p.branch else {}),
-                             **({"mlflow.parentRunId": cfg.tracking.parent_run_id}
-                                if cfg.tracking.parent_run_id else {})},
+                       tags={**tracked.source_tags(Path(__file__).parent), **cfg.tracking.tags,
+                             **(p.branch.tags() if p.branch else {}), Tag.IDENTITY: identity.run_identity(cfg),
+                             **({Tag.PARENT_RUN: cfg.tracking.parent_run_id} if cfg.tracking.parent_run_id else {})},
                        run_id=run_id)
     parallelism = parallel.from_config(cfg.trainer, steps=len(plan))
     if run_id is None:
         B_tokens = cfg.batch.sequences * cfg.model.seq_len
-        logger.log_hyperparams({**flat_params(cfg), "N": N, "N_total": N_total, "seq_len": cfg.model.seq_len,
-                                "B_tokens": B_tokens, "B_sequences": cfg.batch.sequences, "D": D,
-                                "C": flops.training_flops(N, D), "steps": len(plan),
-                                "flops_per_token": flops.flops_per_token(gpt_cfg), "peak_flops": p.peak_flops,
+        logger.log_hyperparams({**identity.flat_params(cfg), Param.N: N, Param.N_TOTAL: N_total,
+                                Param.SEQ_LEN: cfg.model.seq_len, Param.B_TOKENS: B_tokens,
+                                Param.B_SEQUENCES: cfg.batch.sequences, Param.D: D, Param.C: compute(N, D),
+                                Param.STEPS: len(plan),
+                                "flops_per_token": flops.flops_per_token(gpt_cfg), Param.PEAK_FLOPS: p.peak_flops,
                                 **(p.branch.params(cfg.model.seq_len) if p.branch else {}),
                                 **parallel.describe(parallelism)})
         if parallel.rank() == 0:  # other ranks (relaunched by Lightning or srun) have no MLflow run of their own
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            (ckpt_dir / "run.json").write_text(json.dumps({"run_id": logger.run_id, "run_name": run_name,
-                                                             "params": trajectory_params(cfg)}))
+            identity.write_record(ckpt_dir, logger.run_id, run_name, cfg)
+            log_plan(logger, plan, cfg)
     elif parallel.rank() == 0:
-        logger._skip_through = recorded_steps(logger.experiment, run_id)
-        preemption.reopen_run(logger.experiment, run_id, cfg.tracking.tags)
+        logger._skip_through = tracked.recorded_steps(logger.experiment, run_id)
+        tracked.reopen_run(logger.experiment, run_id, cfg.tracking.tags)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LitGPT(
@@ -260,28 +216,43 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_steps,
                                    save_last=True, save_top_k=0, save_on_train_epoch_end=False),
                    PendingMetrics(logger),  # checkpoints carry unsent metrics instead of waiting for the store
-                   *([StepProgressBar(len(plan))] if t.progress_bar else []), *init.callbacks(p, logger.run_id),
+                   *([StepProgressBar(len(plan))] if t.progress_bar else []), *branching.callbacks(
+                       cfg, gpt_cfg, N, p.lr_schedule, plan, run_name, ckpt_dir, p.branch, ckpt_path is not None,
+                       logger.run_id),
                    *callbacks, preemption.Preemption(ckpt_dir)])  # last: a pruner reports before a preemption stop
     status, reason = "FINISHED", None
+    monitored = logger.run_id if parallel.rank() == 0 else None
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        with tracked.system_metrics(monitored, cfg.tracking.uri, cfg.tracking.system_metrics_s):
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except DivergedError as err:
         status, reason = "FAILED", str(err)
-        logger.set_tags({"status_reason": reason})
+        logger.set_tags({Tag.STATUS_REASON: reason, Tag.STATUS_KIND: FailureKind.DIVERGED})
     except preemption.STOPS:
         raise  # stopped on purpose (pruned, preempted): preemption.Preemption ended the run KILLED with its reason
     except BaseException as err:
         # Lightning has already ended the MLflow run as FAILED; record why, then let the error surface.
-        logger.set_tags({"status_reason": f"{type(err).__name__}: {err}"[:5000]})
+        logger.set_tags({Tag.STATUS_REASON: f"{type(err).__name__}: {err}"[:tracked.REASON_LIMIT],
+                         Tag.STATUS_KIND: FailureKind.ERROR})
         raise
     parallel.finish_distributed()
     final = module.last_val_loss
     result = RunResult(run_id=logger.run_id, run_name=run_name, status=status, reason=reason, N=N, N_total=N_total,
-                       D=D, C=flops.training_flops(N, D), B_tokens=cfg.batch.sequences * cfg.model.seq_len,
+                       D=D, C=compute(N, D), B_tokens=cfg.batch.sequences * cfg.model.seq_len,
                        final_val_loss=final)
     logger.log_summary({**dataclasses.asdict(result), "final_val_loss": final},
                        OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     return result
+
+
+def log_plan(logger: RunLogger, plan: list[PlanStep], cfg: TrainConfig) -> None:
+    """A batch-size schedule rescales the LR at each batch change by an explicit rule: say so in the log and keep it
+    as an artifact (style guide, habit 3). Constant-batch runs have nothing to say."""
+    lines = describe_plan(plan, cfg.model.seq_len, cfg.batch.lr_rescale)
+    if len(lines) > 1:
+        for line in lines:
+            log.info("%s", line)
+        logger.log_texts({Artifact.PLAN: "\n".join(lines) + "\n"})
 
 
 def quiet_lightning() -> None:

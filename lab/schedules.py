@@ -100,7 +100,8 @@ class LRSchedule:
                      f" tokens, before warmup ends at {self.warmup_tokens:g}; lower decay_fraction or the warmup")
         if self.name == "inverse_sqrt":
             _require(self.warmup_tokens > 0,
-                     "LRSchedule.warmup_tokens=0 with name='inverse_sqrt' divides by zero tokens; set warmup_tokens > 0")
+                     "LRSchedule.warmup_tokens=0 with name='inverse_sqrt' divides by zero tokens; "
+                     "set warmup_tokens > 0")
         if self.name == "power":
             _require(self.power_a > 0 and self.power_b > 0,
                      f"LRSchedule.power_a={self.power_a}, power_b={self.power_b} must both be > 0"

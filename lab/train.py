@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import NoReturn
 
 import hydra
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lab.config import ConfigError, TrainConfig, register
 
 register()
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The configs are the package `conf` (Hydra's packaged configs), found wherever it is installed, not beside the source.
+CONF_MODULE = "conf"
+CONF_PATH = f"pkg://{CONF_MODULE}"
 
 
 def to_config(cfg: DictConfig) -> TrainConfig:
@@ -31,32 +33,42 @@ def to_config(cfg: DictConfig) -> TrainConfig:
 
 def compose_config(overrides: Sequence[str] = ()) -> TrainConfig:
     """The config lab-train would run with these overrides, for in-process callers (sweeps, tests, notebooks)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         return to_config(compose(config_name="train", overrides=list(overrides)))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+class JobFailed(RuntimeError):
+    """A job of ``lab-train -m`` that cannot run: Hydra records it and runs the other jobs (a SystemExit would end
+    the whole multirun)."""
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    """One line on stderr; then end the process (a single run) or only this job (a multirun)."""
+    print(message, file=sys.stderr, flush=True)
+    if HydraConfig.get().mode.name == "RUN":
+        sys.exit(status)
+    raise JobFailed(message)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_PATH, config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
         typed = to_config(cfg)
     except ConfigError as err:
-        print(err, file=sys.stderr)
-        sys.exit(2)
+        _fail(str(err), 2)
     from lab.run import execute, prepare, quiet_lightning  # torch and Lightning load once the config is valid
 
     quiet_lightning()
     try:
         prepared = prepare(typed)
     except ValueError as err:  # every check that needs the model, the plan or the data: nothing recorded yet
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    from lab.store import StoreUnavailable
+        _fail(f"error: {err}", 2)
+    from tracking.store import StoreUnavailable
 
     try:
         result = execute(prepared)
     except StoreUnavailable as err:  # the message names the store and the fix; a traceback would bury it
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        _fail(f"error: {err}", 1)
     print(f"{result.status}: run {result.run_name} ({result.run_id}) N={result.N:,} D={result.D:,} "
           f"C={result.C:.3g} val/loss={result.final_val_loss:.4f}")
     if result.status != "FINISHED":

@@ -1,7 +1,8 @@
 """The critical-batch-size branch protocol (Merrill et al. 2025, "Critical Batch Size Revisited"), as a design.
 
 Per model size and seed, one *reference* run trains D tokens at the base batch b_ref and keeps a checkpoint at each
-token count T of ``checkpoint_tokens`` (``trainer.checkpoint_at_tokens``, lab.init). From each checkpoint one
+token count T of ``checkpoint_tokens`` (``trainer.checkpoint_at_tokens``, lab.branching). From each
+checkpoint one
 *branch* per batch b of ``batch_sequences`` trains a window of W tokens with the lr of the reference's schedule
 times the rescale rule's factor of b/b_ref (``init.lr_rescale``: sqrt, linear or none). b_ref is always among the
 branches: that branch repeats the reference's own steps and is the comparison loss L_ref of its checkpoint, the
@@ -14,8 +15,8 @@ once every run of the stages before it finished. A branch names its checkpoint b
 ``${checkpoint_dir}/${tracking.experiment}/<reference run name>/tokens-<T>.ckpt``, resolved when its config is
 composed, so the design stays a pure function of its inputs.
 
-Every branch of a checkpoint sees the same tokens (lab.init), so their losses at T + W differ only by batch size and
-lr. Names: ``cbs-N<N>-D<D>-B<b_ref>-ref-s<seed>`` and ``cbs-N<N>-D<D>-T<T>-B<b>-W<W>-s<seed>`` (B in tokens).
+Every branch of a checkpoint sees the same tokens (lab.branching), so their losses at T + W differ only by batch size
+and lr. Names: ``cbs-N<N>-D<D>-B<b_ref>-ref-s<seed>`` and ``cbs-N<N>-D<D>-T<T>-B<b>-W<W>-s<seed>`` (B in tokens).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Optional
 
 from lab.config import LR_RESCALE_RULES
 from sweeps.designs import Base, DesignError, RunSpec, _unique, sci, tokens_label
+from tracking.record import Checkpoint, Design, Role, Tag
 
 
 def _check(ok: bool, message: str) -> None:
@@ -40,7 +42,8 @@ def _as_tokens(name: str, value: float) -> int:
 
 def checkpoint_override(reference_name: str, T: int) -> str:
     """The branch's ``init.checkpoint`` override, resolved against the composed config of the branch run."""
-    return f"init.checkpoint='${{checkpoint_dir}}/${{tracking.experiment}}/{reference_name}/tokens-{T}.ckpt'"
+    path = f"${{checkpoint_dir}}/${{tracking.experiment}}/{reference_name}/{Checkpoint.branch_point(T)}"
+    return f"init.checkpoint='{path}'"
 
 
 def cbs(base: Base, tokens: float, checkpoint_tokens: Sequence[float], window_tokens: float,
@@ -84,15 +87,15 @@ def cbs(base: Base, tokens: float, checkpoint_tokens: Sequence[float], window_to
         shared = (*rung.overrides, f"budget.tokens={D}", f"batch.micro_batch={micro}")
         for seed in seeds:
             ref = f"cbs-{point}-B{tokens_label(step_ref)}-ref-s{seed}"
-            tags = {"design": "cbs", "point": point, "seed": str(seed)}
+            tags = {Tag.DESIGN: Design.CBS, Tag.POINT: point, Tag.SEED: str(seed)}
             specs.append(RunSpec(ref, (*shared, f"batch.sequences={b_ref}", f"seed={seed}",
                                        f"trainer.checkpoint_at_tokens=[{','.join(map(str, points))}]"),
-                                 {**tags, "role": "reference"}, stage=0))
+                                 {**tags, Tag.ROLE: Role.REFERENCE}, stage=0))
             for T in points:
                 for b in batches:
                     specs.append(RunSpec(
                         f"cbs-{point}-T{sci(T)}-B{tokens_label(b * seq)}-W{sci(W)}-s{seed}",
                         (*shared, f"batch.sequences={b}", f"seed={seed}", checkpoint_override(ref, T),
                          f"init.tokens={T}", f"init.window_tokens={W}", f"init.lr_rescale={lr_rescale}"),
-                        {**tags, "role": "branch", "reference": ref}, stage=1))
+                        {**tags, Tag.ROLE: Role.BRANCH, Tag.REFERENCE: ref}, stage=1))
     return _unique("cbs", specs)

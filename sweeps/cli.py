@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import hydra
-from hydra import initialize_config_dir
+from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from lab.train import CONF_DIR, to_config
+from lab.train import CONF_MODULE, CONF_PATH, to_config
 from sweeps.runs import SweepSummary
 
 CONFIG_NAME = "lab_sweep"
@@ -55,7 +55,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     return dataclasses.asdict(result)
 
 
-app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=CONFIG_NAME)(task)
+app = hydra.main(version_base="1.3", config_path=CONF_PATH, config_name=CONFIG_NAME)(task)
 
 
 def main() -> None:
@@ -74,7 +74,7 @@ def run_sweep(overrides: Sequence[str] = ()) -> SweepSummary:
     if GlobalHydra.instance().is_initialized():
         raise RuntimeError("run_sweep: Hydra is already initialized in this process (inside a Hydra app or an "
                            "initialize() block); call it from plain Python code")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="lab_sweep"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3", job_name="lab_sweep"):
         summary = GlobalHydra.instance().hydra.multirun(
             config_name=CONFIG_NAME, task_function=task, overrides=list(overrides))
     assert isinstance(summary, SweepSummary)

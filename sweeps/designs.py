@@ -5,12 +5,10 @@ that says what the run is (``isoflop-C3e14-N1.2e6-B16k-s0``) and tags that group
 only on the design's inputs, so a re-run of the same sweep finds its runs again and skips the finished ones.
 
 Conventions (design §4): N is Kaplan's non-embedding parameter count (`lab.flops.non_embedding_params`); B is the
-global batch in tokens; in names ``k`` means 1024 tokens. IsoFLOP budgets count the *exact* training FLOPs per
-token (`lab.flops.flops_per_token`: 6·N plus the attention term), i.e. D = C / flops_per_token, so that the
-`flops` metric each run records (what `analysis.load` reads as C) equals its budget for every size of a profile;
-6·N·D (the design convention, recorded in each run's summary.json) is then slightly below C, by the attention
-share 6·n_layers·T·d / flops_per_token. Each IsoFLOP run is also tagged ``budget=<C>`` (its nominal budget), so
-analysis can group a profile exactly instead of clustering recorded C.
+global batch in tokens; in names ``k`` means 1024 tokens. C is the compute of the laws, 6·N·D
+(`tracking.record.compute`): an IsoFLOP run trains D = C / (6·N) tokens, so its recorded C param, its summary's C
+and the loader's C all equal its budget. Each IsoFLOP run is also tagged ``budget=<C>`` (its nominal budget, which
+rounding D to whole tokens misses by < 1e-6), so analysis groups a profile exactly.
 
 Sizes are model.size dials (the ladder of `lab.model.size_ladder`) or explicit shapes {d_model, n_layers, n_heads}
 for steps finer than the ladder's 8x between sizes 1 and 2.
@@ -18,14 +16,13 @@ for steps finer than the ladder's 8x between sizes 1 and 2.
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Optional, Union
 
 from lab.config import BatchConfig, ModelConfig
+from tracking.record import Design, Tag, tokens_for_compute
 
 
 class DesignError(ValueError):
@@ -55,13 +52,12 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Rung:
-    """One model size of the ladder: the overrides that select it, N (non-embedding) and training FLOPs per token."""
+    """One model size of the ladder: the overrides that select it and N (non-embedding)."""
 
     label: str
     """``size 3`` (a model.size dial) or ``d_model=48,n_layers=1,n_heads=1`` (an explicit shape), for messages."""
     overrides: tuple[str, ...]
     N: int
-    flops_per_token: float
 
 
 Size = Union[int, Mapping[str, int]]
@@ -102,7 +98,7 @@ class Base:
 def rung(model: ModelConfig, size: Optional[Size] = None) -> Rung:
     """N and FLOPs per token of ``model`` at ``size`` (default: the model's own size dial or explicit shape)."""
     # torch loads here, not at import: the Hydra plugins import this module to plan a sweep.
-    from lab.flops import flops_per_token, non_embedding_params
+    from lab.flops import non_embedding_params
     from lab.model import gpt_config, resolve_size
 
     if size is None:
@@ -116,7 +112,7 @@ def rung(model: ModelConfig, size: Optional[Size] = None) -> Rung:
     else:
         shape, label, overrides = resolve_size(int(size)), f"size {int(size)}", (f"model.size={int(size)}",)
     gpt = gpt_config(model, **shape)
-    return Rung(label, overrides, non_embedding_params(gpt), flops_per_token(gpt))
+    return Rung(label, overrides, non_embedding_params(gpt))
 
 
 # ---------------------------------------------------------------------------------------------------- names
@@ -160,7 +156,7 @@ def with_seeds(specs: Sequence[RunSpec], seeds: Sequence[int]) -> list[RunSpec]:
     adding seeds later keeps the names of the runs already done."""
     if not seeds or len(set(seeds)) != len(seeds):
         raise DesignError(f"seeds={list(seeds)}: give distinct integers, e.g. seeds=[0, 1, 2]")
-    return [RunSpec(f"{s.name}-s{seed}", (*s.overrides, f"seed={seed}"), {**s.tags, "seed": str(seed)})
+    return [RunSpec(f"{s.name}-s{seed}", (*s.overrides, f"seed={seed}"), {**s.tags, Tag.SEED: str(seed)})
             for s in specs for seed in seeds]
 
 
@@ -187,7 +183,7 @@ def size_tokens_grid(base: Base, tokens_per_param: Sequence[float], seeds: Seque
             specs.append(RunSpec(
                 f"grid-N{sci(rung.N)}-D{sci(D)}-B{tokens_label(base.B_tokens)}",
                 (*rung.overrides, f"budget.tokens={D}"),
-                {"design": "grid", "tokens_per_param": f"{r:g}"}))
+                {Tag.DESIGN: Design.GRID, Tag.TOKENS_PER_PARAM: f"{r:g}"}))
     return _unique("grid", with_seeds(specs, seeds))
 
 
@@ -201,7 +197,7 @@ def isoflop(base: Base, budgets: Sequence[float], k: int = 5, seeds: Sequence[in
             tokens_per_param: float = 20.0) -> list[RunSpec]:
     """IsoFLOP profiles (Chinchilla approach 2): per budget C, the k ladder sizes centred on the one whose N is
     nearest (in log N) to the expected optimum N*(C) = sqrt(C / (6·tokens_per_param)), each trained on
-    D = C / flops_per_token tokens (module docstring). The window slides inward at the ends of the ladder, so every
+    D = C / (6·N) tokens (module docstring). The window slides inward at the ends of the ladder, so every
     budget gets k sizes. Tiny, short runs favour more tokens per parameter than Chinchilla's 20: raise
     tokens_per_param to centre the window on smaller models."""
     if not 1 <= k <= len(base.rungs):
@@ -217,12 +213,12 @@ def isoflop(base: Base, budgets: Sequence[float], k: int = 5, seeds: Sequence[in
         nearest = min(range(len(base.rungs)), key=lambda i: abs(math.log(base.rungs[i].N) - target))
         start = min(max(nearest - (k - 1) // 2, 0), len(base.rungs) - k)
         for rung in base.rungs[start:start + k]:
-            D = round(C / rung.flops_per_token)
+            D = round(tokens_for_compute(C, rung.N))
             _check_tokens("isoflop", D, base.B_tokens, f"budget C={C:g} at {rung.label}")
             specs.append(RunSpec(
                 f"isoflop-C{sci(C)}-N{sci(rung.N)}-B{tokens_label(base.B_tokens)}",
                 (*rung.overrides, f"budget.tokens={D}"),
-                {"design": "isoflop", "budget": sci(C, 6)}))
+                {Tag.DESIGN: Design.ISOFLOP, Tag.BUDGET: sci(C, 6)}))
     return _unique("isoflop", with_seeds(specs, seeds))
 
 
@@ -252,44 +248,5 @@ def lr_batch(base: Base, tokens_per_param: Sequence[float], lr_min: float, lr_ma
                         f"lrb-{point}-B{tokens_label(B)}-lr{sci(lr)}",
                         (*rung.overrides, f"budget.tokens={D}", f"optim.lr={lr!r}",
                          f"batch.sequences={seqs}", f"batch.micro_batch={micro}"),
-                        {"design": "lr_batch", "point": point}))
+                        {Tag.DESIGN: Design.LR_BATCH, Tag.POINT: point}))
     return _unique("lr_batch", with_seeds(specs, seeds))
-
-
-def cbs(base: Base, tokens: float, checkpoint_tokens: Sequence[float], window_tokens: float,
-        batch_sequences: Sequence[int], lr_rescale: str = "sqrt", seeds: Sequence[int] = (0,),
-        reference_sequences: Optional[int] = None, micro_batch: Optional[int] = None) -> list[RunSpec]:
-    """Critical-batch-size branches (Merrill et al. 2025): per size a reference run of D = tokens at
-    reference_sequences that keeps checkpoints at checkpoint_tokens, then from each checkpoint one branch per batch
-    (sequences) over window_tokens, lr rescaled by lr_rescale. The protocol and its checks: `sweeps.branches.cbs`."""
-    from sweeps.branches import cbs as branches  # sweeps.branches builds on this module's helpers
-
-    return branches(base, tokens, checkpoint_tokens, window_tokens, batch_sequences, lr_rescale, seeds,
-                    reference_sequences, micro_batch)
-
-
-DESIGNS: Mapping[str, Callable[..., list[RunSpec]]] = MappingProxyType({
-    "grid": size_tokens_grid,
-    "isoflop": isoflop,
-    "lr_batch": lr_batch,
-    "cbs": cbs,
-})
-
-
-def expand(design: Mapping[str, Any], model: ModelConfig, batch: BatchConfig) -> list[RunSpec]:
-    """The runs of a design given as config: ``{name: isoflop, sizes: [...], <the generator's parameters>}``."""
-    params = dict(design)
-    name = params.pop("name", None)
-    if name not in DESIGNS:
-        raise DesignError(f"unknown design {name!r}: choose one of {', '.join(DESIGNS)} (e.g. sweep=isoflop)")
-    generator = DESIGNS[name]
-    accepted = [p for p in inspect.signature(generator).parameters if p != "base"]
-    unknown = sorted(set(params) - set(accepted) - {"sizes"})
-    if unknown:
-        raise DesignError(f"design {name}: unknown parameter(s) {unknown}; it takes sizes, {', '.join(accepted)}")
-    base = Base.from_config(model, batch, params.pop("sizes", ()))
-    try:
-        inspect.signature(generator).bind(base, **params)
-    except TypeError as err:
-        raise DesignError(f"design {name}: {err}; it takes sizes, {', '.join(accepted)}") from None
-    return generator(base, **params)

@@ -18,6 +18,7 @@ import lightning as L
 import optuna
 
 from lab.preemption import StopRun
+from tracking.record import Metric
 
 PRUNERS = ("median", "hyperband", "none")
 
@@ -88,7 +89,7 @@ class TokenPruning(L.Callback):
         if pl_module.last_val_tokens == tokens:  # lab validated at this very step
             loss = pl_module.last_val_loss
         else:
-            loss = pl_module.validate_now()["val/loss"]
+            loss = pl_module.validate_now()[Metric.VAL_LOSS]
         self.trial.report(loss, step=checkpoint)
         last_step = int(batch["step"]) == len(pl_module.plan) - 1  # nothing left to save: the trial completes
         if not last_step and self.trial.should_prune():

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sweeps.designs import RunSpec
+from tracking.record import Checkpoint, FailureKind, Metric, Tag
 
-# lab.module.DivergedError messages start so; a diverged run is re-run afresh, never resumed into its divergence.
-DIVERGED_PREFIX = "train/loss="
 # Task overrides that do not change what a run computes, left out of the sweep id.
 NEUTRAL_KEYS = ("trainer.threads", "trainer.progress_bar", "tracking.uri", "checkpoint_dir", "data.cache_dir")
 # Keys the sweep sets on every job; the command line must not set them too.
@@ -55,8 +54,8 @@ def resume_after_requeue(overrides: Sequence[str], cfg: Any, restart_count: int)
     overrides = list(overrides)
     if restart_count < 1 or "resume=true" in overrides or not cfg.tracking.run_name:
         return overrides
-    ckpt_dir = Path(cfg.checkpoint_dir) / cfg.tracking.experiment / cfg.tracking.run_name
-    if not ((ckpt_dir / "run.json").exists() and (ckpt_dir / "last.ckpt").exists()):
+    ckpt_dir = Checkpoint.run_dir(cfg.checkpoint_dir, cfg.tracking.experiment, cfg.tracking.run_name)
+    if not ((ckpt_dir / Checkpoint.RUN_RECORD).exists() and (ckpt_dir / Checkpoint.LAST).exists()):
         return overrides  # killed before its first checkpoint: nothing to continue
     return [*(o for o in overrides if override_key(o) != "resume"), "resume=true"]
 
@@ -78,7 +77,7 @@ def check_overrides(task_overrides: Sequence[str], specs: Sequence[RunSpec]) -> 
     lose to one or the other)."""
     owned = {override_key(o): f"the design (run {spec.name})" for spec in specs for o in spec.overrides}
     owned |= {f"tracking.tags.{k}": "the design's tags" for spec in specs for k in spec.tags}
-    owned |= {key: "the sweep" for key in (*SWEEP_KEYS, "tracking.tags.sweep", "tracking.tags.design")}
+    owned |= {key: "the sweep" for key in (*SWEEP_KEYS, f"tracking.tags.{Tag.SWEEP}", f"tracking.tags.{Tag.DESIGN}")}
     for o in task_overrides:
         key = override_key(o)
         if key in owned:
@@ -89,7 +88,7 @@ def check_overrides(task_overrides: Sequence[str], specs: Sequence[RunSpec]) -> 
 def job_overrides(spec: RunSpec, sweep: str, design: str, parent_run_id: str, task_overrides: Sequence[str],
                   resume: bool = False, threads: Optional[int] = None) -> list[str]:
     """The full Hydra override list of one job: command line, the spec, then tracking under the sweep's parent."""
-    tags = {**spec.tags, "sweep": sweep, "design": design}
+    tags = {**spec.tags, Tag.SWEEP: sweep, Tag.DESIGN: design}
     out = [*task_overrides, *spec.overrides,
            f"tracking.run_name='{spec.name}'", f"tracking.parent_run_id={parent_run_id}",
            *(f"++tracking.tags.{k}='{v}'" for k, v in tags.items())]
@@ -110,6 +109,8 @@ class Previous:
     run_id: str
     status: str
     reason: Optional[str]
+    kind: Optional[str]
+    """Its status_kind tag (a FailureKind), None when it has none."""
     N: Optional[float]
     D: Optional[float]
     C: Optional[float]
@@ -138,8 +139,8 @@ class Plan:
 
 def checkpoint_of(ckpt_dir: Path, run_id: str) -> bool:
     """Whether ``ckpt_dir`` (lab.run.checkpoint_dir) holds a checkpoint of MLflow run ``run_id`` to resume."""
-    meta = ckpt_dir / "run.json"
-    if not (meta.exists() and (ckpt_dir / "last.ckpt").exists()):
+    meta = ckpt_dir / Checkpoint.RUN_RECORD
+    if not (meta.exists() and (ckpt_dir / Checkpoint.LAST).exists()):
         return False
     return json.loads(meta.read_text()).get("run_id") == run_id
 
@@ -163,13 +164,10 @@ def plan_jobs(specs: Sequence[RunSpec], previous: Mapping[str, Previous], checkp
                 and now_s - prev.last_active_s < stale_after_s):
             active.append((spec, prev))
             continue
-        resumable = (resume and prev is not None and not (prev.reason or "").startswith(DIVERGED_PREFIX)
+        resumable = (resume and prev is not None and prev.kind != FailureKind.DIVERGED
                      and checkpoint_of(checkpoint_root / spec.name, prev.run_id))
         jobs.append(Job(spec, resume=resumable, previous=prev))
     return Plan(tuple(jobs), tuple(skipped), tuple(active))
-
-
-# --------------------------------------------------------------------------------------------------- MLflow
 
 
 def _number(value: Any) -> Optional[float]:
@@ -178,93 +176,6 @@ def _number(value: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
-
-
-class SweepTracker:
-    """The sweep's parent run and its children in one MLflow experiment."""
-
-    def __init__(self, uri: str, experiment: str):
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
-
-        from lab.store import ensure_store
-
-        ensure_store(uri)  # once, here, before any worker: concurrent first use of a SQLite store crashes
-        self.client = MlflowClient(uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            try:
-                self.experiment_id = self.client.create_experiment(experiment)
-            except MlflowException:  # created meanwhile by another process
-                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
-        else:
-            self.experiment_id = found.experiment_id
-
-    def _search(self, filter_string: str) -> list[Any]:
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs([self.experiment_id], filter_string, max_results=1000,
-                                           order_by=["attributes.start_time ASC"], page_token=token)
-            runs += list(page)
-            token = page.token
-            if not token:
-                return runs
-
-    def open_parent(self, sweep: str, design: Mapping[str, Any], specs: Sequence[RunSpec],
-                    task_overrides: Sequence[str]) -> str:
-        """The sweep's parent run, created on first launch and found again (by tag sweep_parent) afterwards."""
-        found = self._search(f"tags.sweep_parent = '{sweep}'")
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            run = self.client.create_run(self.experiment_id, run_name=f"sweep-{sweep}", tags={
-                "sweep_parent": sweep, "sweep_design": str(design.get("name")), "sweep_runs": str(len(specs))})
-            run_id = run.info.run_id
-            for k, v in design.items():
-                self.client.log_param(run_id, f"design.{k}", json.dumps(v) if isinstance(v, (list, dict)) else v)
-            self.client.log_param(run_id, "overrides", " ".join(task_overrides)[:6000])
-        self.client.log_text(run_id, json.dumps([s.to_dict() for s in specs], indent=1), "design.json")
-        self.client.set_tag(run_id, "sweep_status", "running")
-        return run_id
-
-    def previous_runs(self, sweep: str) -> dict[str, Previous]:
-        """Runs of this sweep by name; of several with one name, a FINISHED one, else the latest."""
-        by_name: dict[str, Previous] = {}
-        for run in self._search(f"tags.sweep = '{sweep}'"):  # oldest first: later runs replace earlier ones
-            name = run.data.tags.get("mlflow.runName", run.info.run_name)
-            if by_name.get(name) is not None and by_name[name].status == "FINISHED":
-                continue
-            p, m = run.data.params, run.data.metrics
-            by_name[name] = Previous(run.info.run_id, run.info.status, run.data.tags.get("status_reason"),
-                                     _number(p.get("N")), _number(m.get("tokens", p.get("D"))),
-                                     _number(p.get("C")), _number(m.get("val/loss")),
-                                     self._last_active_s(run) if run.info.status == "RUNNING" else None)
-        return by_name
-
-    def _last_active_s(self, run: Any) -> float:
-        history = self.client.get_metric_history(run.info.run_id, "train/loss")
-        return max([run.info.start_time] + [m.timestamp for m in history]) / 1000.0
-
-    def prepare(self, job: Job, sweep: str) -> None:
-        """Before a leftover is launched again afresh: a RUNNING run is marked KILLED so that it does not look alive
-        forever. (A resumed run is reopened by lab itself: RUNNING, its reason kept as ``resumed_after``.)"""
-        prev = job.previous
-        if prev is None or job.resume:
-            return
-        if prev.status == "RUNNING":
-            self.client.set_tag(prev.run_id, "status_reason", f"interrupted; run again by sweep {sweep}")
-            self.client.set_terminated(prev.run_id, status="KILLED")
-
-    def close_parent(self, parent_run_id: str, summary: SweepSummary, interrupted: bool = False) -> None:
-        counts = summary.counts()
-        status = "interrupted" if interrupted else ("complete" if summary.complete else "partial")
-        from mlflow.entities import RunTag
-
-        tags = {**{f"sweep_{k}": str(v) for k, v in counts.items()}, "sweep_status": status}
-        self.client.log_batch(parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self.client.log_text(parent_run_id, json.dumps(summary.to_dict(), indent=1), "summary.json")
-        self.client.set_terminated(parent_run_id, status="KILLED" if interrupted else "FINISHED")
 
 
 # -------------------------------------------------------------------------------------------------- results
@@ -348,7 +259,7 @@ class SweepSummary:
             return f"{'-':>8}" if x is None else format(x, fmt)
 
         width = max([len("run")] + [len(o.name) for o in self.outcomes])
-        lines = [f"{'run':<{width}}  {'status':<8}  {'N':>8}  {'D':>8}  {'val/loss':>8}  note",
+        lines = [f"{'run':<{width}}  {'status':<8}  {'N':>8}  {'D':>8}  {Metric.VAL_LOSS:>8}  note",
                  "-" * (width + 50)]
         for o in self.outcomes:
             note = "resumed" if o.resumed else ""

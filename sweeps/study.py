@@ -44,7 +44,6 @@ import optuna
 import sqlalchemy.exc
 from mlflow.entities import Param as Param_
 from mlflow.entities import RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
@@ -52,7 +51,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lab.preemption import Preempted
 from lab.run import train
-from lab.store import ensure_store, sqlite_path
+from tracking import runs as tracked
+from tracking.record import FailureKind, Role, Tag
+from tracking.store import ensure_store, sqlite_path
 from lab.train import compose_config
 from sweeps.pruning import Pruned, TokenPruning, make_pruner
 from sweeps.runs import checkpoint_of
@@ -212,9 +213,8 @@ class StaleTrialHandler:
             then = (f"not retried ({self.max_retry} retries used)" if not will_retry else
                     f"queued for retry {retry} of {self.max_retry}, "
                     + ("which resumes this run from its checkpoint" if resume else "a new run (no checkpoint)"))
-            client = MlflowClient(self.tracking_uri)
-            client.set_tag(run_id, "status_reason", f"{cause}; trial {trial.number} failed and {then}")
-            client.set_terminated(run_id, status="KILLED" if has_checkpoint else "FAILED")
+            tracked.end_run(MlflowClient(self.tracking_uri), run_id, "KILLED" if has_checkpoint else "FAILED",
+                            f"{cause}; trial {trial.number} failed and {then}", FailureKind.INTERRUPTED)
         inherited = copy.copy(trial)  # the retry inherits the user attrs, but not why this attempt failed
         inherited.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
         queue_retry = RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry, inherit_intermediate_values=resume)
@@ -223,23 +223,13 @@ class StaleTrialHandler:
 
 def find_parent_run(client: MlflowClient, experiment: str, study_name: str) -> Optional[str]:
     """The MLflow parent run of a study, found again by study name."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=1,
-                              filter_string=f"tags.optuna_study = '{study_name}' and tags.optuna_role = 'parent'")
-    return runs[0].info.run_id if runs else None
+    return tracked.find_run(client, experiment, {Tag.OPTUNA_STUDY: study_name, Tag.OPTUNA_ROLE: Role.PARENT})
 
 
 def _create_parent_run(client: MlflowClient, spec: StudySpec, experiment: str, storage: str) -> str:
-    exp = client.get_experiment_by_name(experiment)
-    try:
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    except MlflowException:  # created by another process since the lookup
-        exp_id = client.get_experiment_by_name(experiment).experiment_id
-    run = client.create_run(exp_id, run_name=f"study-{spec.name}", tags={
-        "sweep": spec.name, "design": f"optuna:{spec.space.name}", "optuna_study": spec.name,
-        "optuna_role": "parent", "optuna_storage": re.sub(r"//[^@/]*@", "//***@", storage)})
+    run = client.create_run(tracked.experiment_id(client, experiment), run_name=f"study-{spec.name}", tags={
+        Tag.SWEEP: spec.name, Tag.DESIGN: f"optuna:{spec.space.name}", Tag.OPTUNA_STUDY: spec.name,
+        Tag.OPTUNA_ROLE: Role.PARENT, Tag.OPTUNA_STORAGE: re.sub(r"//[^@/]*@", "//***@", storage)})
     client.log_batch(run.info.run_id, params=[Param_(k, v) for k, v in
                                               {"space": spec.space.name, "sampler": spec.sampler,
                                                "pruner": spec.pruner}.items()])
@@ -318,8 +308,8 @@ def trial_overrides(opened: OpenStudy, frozen: FrozenTrial, values: dict[str, An
                  *(f"{k}={format_value(v)}" for k, v in values.items()),
                  f"tracking.run_name={run_name}", f"tracking.parent_run_id={opened.parent_run_id}",
                  f"++tracking.tags.sweep={spec.name}", f"++tracking.tags.design=optuna:{spec.space.name}",
-                 f"++tracking.tags.optuna_study={spec.name}", f"++tracking.tags.optuna_trial={n}",
-                 *([f"++tracking.tags.optuna_retry_of={retry_of}"] if retry_of is not None else []),
+                 f"++tracking.tags.{Tag.OPTUNA_STUDY}={spec.name}", f"++tracking.tags.{Tag.OPTUNA_TRIAL}={n}",
+                 *([f"++tracking.tags.{Tag.OPTUNA_RETRY_OF}={retry_of}"] if retry_of is not None else []),
                  *(["resume=true"] if resume else [])]
     return overrides, run_name
 

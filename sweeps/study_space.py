@@ -16,6 +16,7 @@ import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,7 +26,7 @@ import yaml
 from lab import flops
 from lab.config import TrainConfig
 from lab.run import budget_tokens, model_config, step_plan
-from lab.train import CONF_DIR, compose_config
+from lab.train import CONF_MODULE, compose_config
 
 
 class StudyError(ValueError):
@@ -121,13 +122,16 @@ def _param(source: str, name: str, spec: Any) -> Param:
 def load_space(name_or_path: str) -> SearchSpace:
     """A search space from ``conf/study/<name>.yaml`` or a YAML file path (keys: params, overrides, pruning)."""
     path = Path(name_or_path)
+    # The packaged spaces are read through importlib.resources: they ship inside the installed `conf` package.
+    packaged = resources.files(CONF_MODULE) / "study"
     if path.suffix not in (".yaml", ".yml"):
-        path = CONF_DIR / "study" / f"{name_or_path}.yaml"
+        path, source = packaged / f"{name_or_path}.yaml", f"conf/study/{name_or_path}.yaml"
+    else:
+        source = str(path)
     if not path.is_file():
-        known = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
-        raise StudyError(f"search space {name_or_path!r} not found ({path}); use one of {known} or a .yaml path")
+        known = sorted(p.name.removesuffix(".yaml") for p in packaged.iterdir() if p.name.endswith(".yaml"))
+        raise StudyError(f"search space {name_or_path!r} not found ({source}); use one of {known} or a .yaml path")
     raw = yaml.safe_load(path.read_text()) or {}
-    source = str(path)
     unknown = set(raw) - {"params", "overrides", "pruning"}
     if unknown or not raw.get("params"):
         raise _space_error(source, f"top-level keys {sorted(raw)}", "give `params` (required), `overrides`, `pruning`")
@@ -137,7 +141,7 @@ def load_space(name_or_path: str) -> SearchSpace:
         pruning = PruningSettings(**(raw.get("pruning") or {}))
     except TypeError as err:
         raise _space_error(source, f"pruning: {err}", "use every_tokens, startup_trials, warmup_tokens") from None
-    return SearchSpace(name=path.stem, params=params, overrides=overrides, pruning=pruning)
+    return SearchSpace(name=path.name.rsplit(".", 1)[0], params=params, overrides=overrides, pruning=pruning)
 
 
 def format_value(value: Any) -> str:

@@ -1,8 +1,8 @@
 """Fixtures for tests that need an outside service.
 
 A test that needs PostgreSQL skips, printing why, when none answers on 127.0.0.1:5432 (trust auth, as on the
-project's machines; LAB_POSTGRES_PORT moves the port); with LAB_REQUIRE_SERVICES=1 (CI with services up) it fails instead, so a missing service is
-never silently green.
+project's machines; LAB_POSTGRES_PORT moves the port); with LAB_REQUIRE_SERVICES=1 (CI with services up) it fails
+instead, so a missing service is never silently green.
 """
 
 from __future__ import annotations

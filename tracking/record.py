@@ -145,6 +145,15 @@ class Tag:
     """Realised / forecast − 1 per quantity, as JSON, once checked."""
 
 
+class SweepStatus:
+    """Values of Tag.SWEEP_STATUS on a sweep's parent run."""
+
+    RUNNING: Final = "running"
+    COMPLETE: Final = "complete"
+    PARTIAL: Final = "partial"
+    INTERRUPTED: Final = "interrupted"
+
+
 class Role:
     """Values of Tag.ROLE and Tag.OPTUNA_ROLE."""
 
@@ -184,6 +193,8 @@ class Artifact:
     CONFIG: Final = "config.yaml"
     DESIGN: Final = "design.json"
     LAW: Final = "law.json"
+    PLAN: Final = "plan.txt"
+    """The step plan's batch changes and the LR factor each applies (schedules.describe_plan)."""
     FORECAST: Final = "forecast.json"
     """A forecast run's payload: law, target, predictions with intervals, sensitivity, fitted run ids."""
 

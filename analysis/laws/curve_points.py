@@ -26,6 +26,8 @@ from typing import Literal
 
 import polars as pl
 
+from tracking.record import compute
+
 from analysis.validate import PointsError
 
 Mode = Literal["final", "schedule-free", "all"]
@@ -145,7 +147,7 @@ def curve_points(runs: pl.DataFrame, curves: pl.DataFrame | None = None, mode: M
     points = points.filter(keep & pl.col("value").is_not_nan() & pl.col("D").is_not_null() & (pl.col("D") > 0))
     points = points.with_columns(
         loss=pl.col("value"),
-        C=pl.coalesce("flops", 6.0 * pl.col("N") * pl.col("D")),
+        C=compute(pl.col("N"), pl.col("D")),
         point=pl.when(pl.col("final")).then(pl.lit("final")).otherwise(pl.lit("intermediate")),
     )
     return _conform(points).sort("run_id", "D")

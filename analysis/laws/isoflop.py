@@ -211,15 +211,13 @@ def fit_isoflop(df: pl.DataFrame, bootstrap: int = 1000, seed: int = 0, rel_tol:
 
 
 def _flops_column(curves: pl.DataFrame) -> pl.DataFrame:
-    """C per curve point: the C column, else `flops`, else 6·N·tokens (FLOPs spent so far)."""
-    if "C" in curves.columns:
+    """C per curve point: the C column (analysis.load.load_curves gives it), else 6·N·tokens (spent so far)."""
+    if "C" in curves.columns and curves["C"].null_count() < curves.height:
         return curves
-    if "flops" in curves.columns:
-        return curves.with_columns(C=pl.col("flops").cast(pl.Float64))
     if "tokens" in curves.columns:
         return curves.with_columns(C=6.0 * pl.col("N").cast(pl.Float64) * pl.col("tokens").cast(pl.Float64))
-    raise PointsError(f"curves need C, flops or tokens per point (columns: {curves.columns}); "
-                      "load curves with the `flops` or `tokens` metric")
+    raise PointsError(f"curves need C or tokens per point (columns: {curves.columns}); load curves with the "
+                      "`tokens` metric")
 
 
 def _envelope(M: np.ndarray, log_n: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -71,8 +71,9 @@ def fit_loss(df: pl.DataFrame, form: str = "chinchilla", bootstrap: int = 1000, 
     check_points(df, [*law.inputs, "loss"], min_points=k + 1, n_params=k)
     if exclude_top_loss:
         if df.height - exclude_top_loss < k + 1:
-            raise PointsError(f"excluding the {exclude_top_loss} highest-loss rows leaves {df.height - exclude_top_loss}"
-                              f" points, fewer than the {k + 1} that form {form!r} needs; exclude fewer rows")
+            raise PointsError(f"excluding the {exclude_top_loss} highest-loss rows leaves "
+                              f"{df.height - exclude_top_loss} points, fewer than the {k + 1} that form {form!r} "
+                              "needs; exclude fewer rows")
         df = df.sort("loss", descending=True).slice(exclude_top_loss)
     bounds = tuple(bounds) if bounds is not None else law.bounds
     if len(bounds) != k:

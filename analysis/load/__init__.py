@@ -13,11 +13,15 @@ error, never created.
 
     run_id, run_name, experiment_id, experiment, status          String
     start_time, end_time                                          Datetime(ms, UTC) (end_time null while running)
-    sweep, design, parent_run_id, status_reason, git_commit, git_dirty
+    sweep, design, parent_run_id, status_reason, status_kind, git_commit, git_dirty
                                                                   String tags (parent_run_id = mlflow.parentRunId)
     N, N_total                                                    Float64 params (non-embedding / total params)
     D                                                             Float64 last `tokens` metric (tokens seen)
-    C                                                             Float64 last `flops` metric, else 6·N·D
+    C                                                             Float64 6·N·D (tracking.record.compute), else the
+                                                                  C param: the compute of the laws
+    model_flops                                                   Float64 last `model_flops` metric (attention and
+                                                                  head included: throughput, not C); null in
+                                                                  stores written before it existed
     B, B_sequences                                                Float64 params B_tokens, B_sequences
     lr, seq_len                                                   Float64 params optim.lr, seq_len
     loss (= final_val_loss), final_val_loss, best_val_loss, final_train_loss
@@ -28,13 +32,14 @@ error, never created.
                                                                   numbers (None/null strings → null), else String
 
 "Last" is MLflow's latest value: highest step, then timestamp, then value. best_val_loss ignores NaN rows. When
-N, N_total, D, C or final_val_loss is missing from the store, the run's ``summary.json`` artifact (local artifact
+N, N_total, D or final_val_loss is missing from the store, the run's ``summary.json`` artifact (local artifact
 stores only) fills it.
 
 ``load_curves`` frame, one row per recorded metric row, sorted by (run_id, metric, step, timestamp, value):
 
     run_id, metric String; step Int64 (optimizer step); value Float64 (NaN kept); timestamp Datetime(ms, UTC);
-    tokens, flops Float64: the `tokens` / `flops` metrics recorded at the same (run_id, step), null if none.
+    tokens, model_flops Float64: the `tokens` / `model_flops` metrics recorded at the same (run_id, step), null if
+    none; C Float64: 6·N·tokens, the compute spent so far (N the run's param).
 
 A metric logged twice at one step appears twice (MLflow keeps both rows; the training side logs each step once);
 the tokens/flops lookup takes the later timestamp, so the join never duplicates rows.
@@ -52,7 +57,7 @@ import polars as pl
 
 from analysis.load import client, sql
 from analysis.load.files import load_table
-from analysis.load.frames import FLOPS, TOKENS, LoadError, assemble_curves, assemble_runs, normalise_experiments
+from analysis.load.frames import MODEL_FLOPS, TOKENS, LoadError, assemble_curves, assemble_runs, normalise_experiments
 
 __all__ = ["LoadError", "load_curves", "load_runs", "load_table"]
 
@@ -111,7 +116,7 @@ def load_curves(tracking_uri: str | Path, experiment: str | Sequence[str] | None
     if isinstance(run_ids, str) or isinstance(metrics, str):
         raise LoadError("run_ids and metrics take lists, e.g. metrics=['val/loss'], not a single string")
     reader = _reader(tracking_uri, path)
-    keys = None if metrics is None else sorted(set(metrics) | {TOKENS, FLOPS})
+    keys = None if metrics is None else sorted(set(metrics) | {TOKENS, MODEL_FLOPS})
     return reader.read_curves(str(tracking_uri), normalise_experiments(experiment),
                               None if run_ids is None else list(run_ids), keys,
                               partial(assemble_curves, metrics=metrics))

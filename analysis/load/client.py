@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import polars as pl
 
+from tracking.record import Param
+
 from analysis.load.frames import (
     FINAL_KEYS, RAW_BEST, RAW_CURVES, RAW_KV, RAW_LATEST, RAW_RUNS, TRAIN_LOSS, VAL_LOSS, RawCurves, RawRuns,
     check_run_ids, select_experiments,
@@ -110,4 +112,5 @@ def read_curves(uri: str, experiments: Sequence[str] | None, run_ids: Sequence[s
             columns["step"] += [m.step for m in history]
             columns["value"] += [m.value for m in history]
             columns["timestamp"] += [m.timestamp for m in history]
-    return assemble(RawCurves([r.info.run_id for r in runs], pl.DataFrame(columns, schema=RAW_CURVES)))
+    return assemble(RawCurves([r.info.run_id for r in runs], pl.DataFrame(columns, schema=RAW_CURVES),
+                              [r.data.params.get(Param.N) for r in runs]))

@@ -11,10 +11,12 @@ from pathlib import Path
 import polars as pl
 
 from analysis.load.frames import LoadError
+from tracking.record import Metric
 
 # Columns read as numbers when present (design §4): counts, tokens and FLOPs are Float64 because they overflow
 # nothing and feed log-space fits; step stays an integer.
-FLOAT_COLUMNS = ("N", "N_total", "D", "C", "B", "B_sequences", "lr", "loss", "tokens", "flops", "value", "seq_len")
+FLOAT_COLUMNS = ("N", "N_total", "D", "C", "B", "B_sequences", "lr", "loss", "tokens", Metric.MODEL_FLOPS, "value",
+                 "seq_len")
 INT_COLUMNS = ("step",)
 SYMBOLS = "N (parameters), D (training tokens), C (training FLOPs), B (batch, tokens), lr (peak learning rate), " \
           "loss (validation nats/token)"

@@ -17,33 +17,37 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import polars as pl
 
+from tracking.record import Artifact, Metric, Param, Tag, compute
+
 
 class LoadError(ValueError):
     """A store, experiment, run or table cannot be loaded as asked; the message says why and how to fix it."""
 
 
 # Metric names written by the training side (design §5).
-VAL_LOSS, TRAIN_LOSS, TOKENS, FLOPS = "val/loss", "train/loss", "tokens", "flops"
-FINAL_KEYS = (VAL_LOSS, TRAIN_LOSS, TOKENS, FLOPS)
+VAL_LOSS, TRAIN_LOSS, TOKENS, MODEL_FLOPS = Metric.VAL_LOSS, Metric.TRAIN_LOSS, Metric.TOKENS, Metric.MODEL_FLOPS
+FINAL_KEYS = (VAL_LOSS, TRAIN_LOSS, TOKENS, MODEL_FLOPS)
 
 # Tags that get a bare column; every other user tag becomes ``tag.<key>``. MLflow's own ``mlflow.*`` tags
 # (user, source, run name, ...) are dropped, except the parent run id of nested runs.
 NAMED_TAGS = {
-    "sweep": "sweep",
-    "design": "design",
-    "mlflow.parentRunId": "parent_run_id",
-    "status_reason": "status_reason",
-    "git_commit": "git_commit",
-    "git_dirty": "git_dirty",
+    Tag.SWEEP: "sweep",
+    Tag.DESIGN: "design",
+    Tag.PARENT_RUN: "parent_run_id",
+    Tag.STATUS_REASON: Tag.STATUS_REASON,
+    Tag.STATUS_KIND: Tag.STATUS_KIND,
+    Tag.GIT_COMMIT: Tag.GIT_COMMIT,
+    Tag.GIT_DIRTY: Tag.GIT_DIRTY,
 }
 # Numeric run columns taken from params (design §4/§5): column -> param keys tried in order.
 PARAM_COLUMNS = {
-    "N": ("N",),  # non-embedding parameters
-    "N_total": ("N_total",),
-    "B": ("B_tokens",),  # global batch, tokens
-    "B_sequences": ("B_sequences",),
-    "lr": ("optim.lr",),  # peak learning rate
-    "seq_len": ("seq_len", "model.seq_len"),
+    "N": (Param.N,),  # non-embedding parameters
+    "N_total": (Param.N_TOTAL,),
+    "B": (Param.B_TOKENS,),  # global batch, tokens
+    Param.B_SEQUENCES: (Param.B_SEQUENCES,),
+    "lr": (Param.LR,),  # peak learning rate
+    "seq_len": (Param.SEQ_LEN, "model.seq_len"),
+    "C_param": (Param.C,),
 }
 # Param strings that mean "no value" (Hydra's None, JSON null); they become null when a column is numeric.
 NULL_STRINGS = ("None", "null", "none", "")
@@ -67,14 +71,15 @@ RUN_COLUMNS = {
     "status": pl.String,
     "start_time": pl.Datetime("ms", "UTC"), "end_time": pl.Datetime("ms", "UTC"),
     **{column: pl.String for column in NAMED_TAGS.values()},
-    "N": pl.Float64, "N_total": pl.Float64, "D": pl.Float64, "C": pl.Float64, "B": pl.Float64,
-    "B_sequences": pl.Float64, "lr": pl.Float64, "seq_len": pl.Float64,
+    "N": pl.Float64, "N_total": pl.Float64, "D": pl.Float64, "C": pl.Float64, MODEL_FLOPS: pl.Float64,
+    "B": pl.Float64,
+    Param.B_SEQUENCES: pl.Float64, "lr": pl.Float64, "seq_len": pl.Float64,
     "loss": pl.Float64, "final_val_loss": pl.Float64, "best_val_loss": pl.Float64, "final_train_loss": pl.Float64,
     "steps": pl.Int64,
 }
 CURVE_COLUMNS = {
     "run_id": pl.String, "metric": pl.String, "step": pl.Int64, "value": pl.Float64,
-    "timestamp": pl.Datetime("ms", "UTC"), "tokens": pl.Float64, "flops": pl.Float64,
+    "timestamp": pl.Datetime("ms", "UTC"), "tokens": pl.Float64, "C": pl.Float64, MODEL_FLOPS: pl.Float64,
 }
 
 
@@ -92,10 +97,12 @@ class RawRuns:
 @dataclass(frozen=True)
 class RawCurves:
     """What a reader returns for `load_curves`: metric rows (RAW_CURVES, any order) and the run ids their `run`
-    codes index, sorted (code i is the i-th smallest id, so code order is run_id order)."""
+    codes index, sorted (code i is the i-th smallest id, so code order is run_id order), with each run's N param
+    (its string, None when missing) for C = 6·N·tokens."""
 
     run_ids: list[str]
     rows: pl.DataFrame
+    N: Sequence[str | None] = ()
 
 
 def empty(schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
@@ -183,7 +190,7 @@ def _summary(artifact_uri: str | None) -> dict:
     parsed = urlparse(artifact_uri)
     if parsed.scheme not in ("", "file"):
         return {}
-    path = Path(unquote(parsed.path) if parsed.scheme == "file" else artifact_uri) / "summary.json"
+    path = Path(unquote(parsed.path) if parsed.scheme == "file" else artifact_uri) / Artifact.SUMMARY
     if not path.is_file():
         return {}
     try:
@@ -194,8 +201,8 @@ def _summary(artifact_uri: str | None) -> dict:
 
 
 def _fill_from_summaries(df: pl.DataFrame, artifact_uris: pl.Series) -> pl.DataFrame:
-    """Fill N, N_total, D, C, final_val_loss from summary.json where the store left them null."""
-    columns = ["N", "N_total", "D", "C", "final_val_loss"]
+    """Fill N, N_total, D, final_val_loss from summary.json where the store left them null."""
+    columns = ["N", "N_total", "D", "final_val_loss"]
     lacking = df.select(pl.any_horizontal(pl.col(columns).is_null())).to_series()
     if not lacking.any():
         return df
@@ -234,7 +241,7 @@ def assemble_runs(raw: RawRuns, filter_tags: Mapping[str, object] | None) -> pl.
           .join(final[VAL_LOSS].drop("step"), on="run_id", how="left")
           .join(final[TRAIN_LOSS].rename({"step": "steps"}), on="run_id", how="left")
           .join(final[TOKENS].drop("step"), on="run_id", how="left")
-          .join(final[FLOPS].drop("step"), on="run_id", how="left")
+          .join(final[MODEL_FLOPS].drop("step"), on="run_id", how="left")
           .join(raw.best, on="run_id", how="left")
           .join(params, on="run_id", how="left")
           .join(extra_tags, on="run_id", how="left"))
@@ -249,14 +256,16 @@ def assemble_runs(raw: RawRuns, filter_tags: Mapping[str, object] | None) -> pl.
         *(pl.col(c) if c in df.columns else pl.lit(None, dtype=pl.String).alias(c) for c in NAMED_TAGS.values()),
         *(param(keys).alias(column) for column, keys in PARAM_COLUMNS.items()),
         pl.col(TOKENS).alias("D"),
-        pl.col(FLOPS).alias("C"),
+        pl.col(MODEL_FLOPS),
         pl.col(VAL_LOSS).alias("final_val_loss"),
         pl.col(TRAIN_LOSS).alias("final_train_loss"),
     )
     df = _fill_from_summaries(df, df["artifact_uri"])
-    # C defaults to 6·N·D (Kaplan et al. 2020, eq. 2.1 without the attention term) when no flops were recorded.
+    # C is 6·N·D (tracking.record.compute) from the N param and the tokens seen; the C param (the same number for
+    # a finished run) stands in when N or D is missing. Stores before the record's vocabulary logged a `flops`
+    # metric of 6·N + attention per token: it is not C and is not read.
     df = df.with_columns(
-        pl.coalesce(pl.col("C"), 6.0 * pl.col("N") * pl.col("D")).alias("C"),
+        pl.coalesce(compute(pl.col("N"), pl.col("D")), pl.col("C_param")).alias("C"),
         pl.col("final_val_loss").alias("loss"),
         _epoch_ms("start_time").alias("start_time"),
         _epoch_ms("end_time").alias("end_time"),
@@ -328,10 +337,11 @@ def _lookup(rows: pl.DataFrame, chosen: pl.Series, runs: int, step_bits: int) ->
 
 
 def assemble_curves(raw: RawCurves, metrics: Sequence[str] | None) -> pl.DataFrame:
-    """The tidy curves frame: every recorded row, with tokens and flops at the same (run_id, step) joined on.
+    """The tidy curves frame: every recorded row, with tokens, C = 6·N·tokens and model FLOPs at the same
+    (run_id, step) joined on.
 
-    Duplicate (run, metric, step) rows (a metric logged twice) are all kept; for the tokens/flops lookup the row
-    with the latest timestamp (then the larger value) wins, so the join never multiplies rows.
+    Duplicate (run, metric, step) rows (a metric logged twice) are all kept; for the tokens / model_flops lookup the
+    row with the latest timestamp (then the larger value) wins, so the join never multiplies rows.
     """
     rows = conform(raw.rows, RAW_CURVES)
     if rows.height == 0:
@@ -348,7 +358,7 @@ def assemble_curves(raw: RawCurves, metrics: Sequence[str] | None) -> pl.DataFra
     # Sorted, so the last row of each (run, metric, step) group is the latest timestamp, then the larger value.
     last = (rows["key"] != rows["key"].shift(-1)).fill_null(True)
     lookups = {}
-    for key in (TOKENS, FLOPS):
+    for key in (TOKENS, MODEL_FLOPS):
         chosen = (rows["metric"] == names.index(key)) & last if key in names else None
         lookups[key] = (_lookup(rows, chosen, len(raw.run_ids), packing.step_bits) if chosen is not None
                         else pl.Series(values=[None] * rows.height, dtype=pl.Float64))
@@ -357,6 +367,9 @@ def assemble_curves(raw: RawCurves, metrics: Sequence[str] | None) -> pl.DataFra
         "metric": pl.Series(values=names, dtype=pl.String).gather(rows["metric"]),
         "step": rows["step"], "value": rows["value"], "timestamp": rows["timestamp"], **lookups,
     })
+    sizes = pl.Series(values=list(raw.N) or [None] * len(raw.run_ids), dtype=pl.String)
+    sizes = sizes.str.strip_chars().cast(pl.Float64, strict=False)
+    curves = curves.with_columns(C=compute(sizes.gather(rows["run"]), pl.col(TOKENS)))
     if metrics is not None:
         curves = curves.filter(pl.col("metric").is_in(list(metrics)))
     curves = curves.with_columns(_epoch_ms("timestamp").alias("timestamp"))

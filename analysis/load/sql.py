@@ -36,6 +36,8 @@ from urllib.parse import quote
 
 import polars as pl
 
+from tracking.record import Param
+
 from analysis.load.frames import (
     FINAL_KEYS, RAW_BEST, RAW_CURVES, RAW_KV, RAW_LATEST, RAW_RUNS, VAL_LOSS, LoadError, RawCurves, RawRuns,
     check_run_ids, conform, empty, select_experiments,
@@ -195,6 +197,7 @@ def read_curves(uri: str, experiments: Sequence[str] | None, run_ids: Sequence[s
     with _connect(uri) as db:
         ids, names = _experiment_ids(db, experiments)
         runs = _runs(db, ids, names) if ids else empty(RAW_RUNS)
+        sizes = _param(db, ids, Param.N) if ids else {}
     check_run_ids(runs, run_ids)
     selected = sorted(set(runs["run_id"].to_list() if run_ids is None else run_ids))
     if not selected:
@@ -205,12 +208,20 @@ def read_curves(uri: str, experiments: Sequence[str] | None, run_ids: Sequence[s
     blocks = [selected[start:start + size] for start in range(0, len(selected), size)]
 
     def block(run_ids: list[str]) -> pl.DataFrame:
-        return assemble(RawCurves(run_ids, _read_metric_rows(uri, run_ids, keys)))
+        return assemble(RawCurves(run_ids, _read_metric_rows(uri, run_ids, keys), [sizes.get(r) for r in run_ids]))
 
     if len(blocks) == 1:
         return block(blocks[0])
     with ThreadPoolExecutor(max_workers=len(blocks)) as pool:
         return pl.concat(list(pool.map(block, blocks)))
+
+
+def _param(db: _Db, ids: list[int], key: str) -> dict[str, str]:
+    """One param of every active run of the experiments, by run id (its string value)."""
+    where, params = _active_runs_where(db, ids)
+    rows = db.read(f"SELECT t.run_uuid AS run_id, t.value FROM params t JOIN runs r ON r.run_uuid = t.run_uuid "
+                   f"WHERE {where} AND t.key = {db.mark}", params + [key], {"run_id": pl.String, "value": pl.String})
+    return dict(zip(rows["run_id"].to_list(), rows["value"].to_list()))
 
 
 def _read_metric_rows(uri: str, run_ids: Sequence[str], keys: Sequence[str] | None) -> pl.DataFrame:

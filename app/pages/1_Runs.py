@@ -25,8 +25,8 @@ picked = st.multiselect("Runs to plot and compare (curves are loaded for these o
                         default=ui.default_runs(runs), format_func=labels.get, key="runs_picked", max_selections=50)
 c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
 metric = c1.selectbox("Metric", data.METRICS, key="runs_metric")
-x = c2.radio("Against", ["tokens", "flops", "step"], horizontal=True, key="runs_x",
-             format_func={"tokens": "tokens D", "flops": "FLOPs C", "step": "steps S"}.get)
+x = c2.radio("Against", list(plots.CURVE_X), horizontal=True, key="runs_x",
+             format_func={"tokens": "tokens D", "C": "C = 6·N·D", "step": "steps S"}.get)
 log_x = c3.checkbox("log x", value=True, key="runs_log_x")
 log_y = c4.checkbox("log y", value=metric in ("val/loss", "train/loss", "noise/b_simple"), key="runs_log_y")
 

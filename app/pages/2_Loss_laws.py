@@ -35,7 +35,8 @@ else:
 form = c2.selectbox("Form", list(FORMS), key="loss_form", format_func=lambda f: f"{f}:  {FORMS[f].formula}")
 bootstrap = int(c3.number_input("Bootstrap", 0, 4000, 200, step=100, key="loss_bootstrap"))
 exclude = int(c4.number_input("Drop top-loss points", 0, 1000, 0, key="loss_exclude"))
-st.caption(f"{points.height} points from {points['run_id'].n_unique() if 'run_id' in points.columns else points.height} "
+n_runs = points["run_id"].n_unique() if "run_id" in points.columns else points.height
+st.caption(f"{points.height} points from {n_runs} "
            f"runs; N from {ui.fmt(points['N'].min())} to {ui.fmt(points['N'].max())}")
 if points.height == 0:
     st.info("No finished runs with N, D and a validation loss pass the filters.")

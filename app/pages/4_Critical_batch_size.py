@@ -20,7 +20,7 @@ st.subheader("Gradient noise scale over training")
 labels = ui.run_labels(runs)
 picked = st.multiselect("Runs (their noise/b_simple history is loaded for these only)", list(labels),
                         default=ui.default_runs(runs), format_func=labels.get, key="cbs_runs", max_selections=50)
-x = st.radio("Against", ["tokens", "flops", "step"], horizontal=True, key="cbs_x")
+x = st.radio("Against", list(plots.CURVE_X), horizontal=True, key="cbs_x")
 noise = data.curves(uri, tuple(picked), ("noise/b_simple",))
 if noise.height:
     fig_noise = plots.noise_scale(noise, runs, x=x)

@@ -3,7 +3,8 @@
 ``lab-sweep sweep=isoflop hydra/launcher=joblib hydra.launcher.n_jobs=2`` composes the training config, expands the
 design into runs, and hands their override lists to the configured launcher: basic (in-process, one after the
 other: torch, Lightning and MLflow load once), joblib (local worker processes, reused between jobs), or submitit
-(``slurm``, ``slurm_local``). Around the launcher it does what a sweep needs and a launcher does not know about:
+(``slurm``, ``slurm_local``). Around the launcher, ``sweeps.orchestrate.run_design`` does what a sweep needs and a
+launcher does not know about:
 
 1. validate every run's config (composition and the schema's rules) before anything is recorded;
 2. create the MLflow store once, then the sweep's parent run (or find it again by sweep id);
@@ -18,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -31,7 +31,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 if TYPE_CHECKING:  # sweeps loads lazily: Hydra imports this module at every start-up
-    from sweeps.runs import Job, RunOutcome, SweepSummary
+    from sweeps.runs import SweepSummary
 
 log = logging.getLogger(__name__)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -108,9 +108,9 @@ class DesignSweeper(Sweeper):
     # ---------------------------------------------------------------------------------------------------- sweep
 
     def sweep(self, arguments: list[str]) -> SweepSummary:
-        from sweeps.designs import expand
-        from sweeps.runs import (RunOutcome, SweepError, SweepSummary, SweepTracker, check_overrides,
-                                 job_overrides, outcome_after_crash, plan_jobs, sweep_id)
+        from sweeps.catalog import expand
+        from sweeps.orchestrate import SweepSettings, run_design
+        from sweeps.runs import SweepError
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -118,94 +118,24 @@ class DesignSweeper(Sweeper):
             if o.is_sweep_override():
                 raise SweepError(f"override {o.input_line!r}: lab-sweep takes its runs from the design; change the "
                                  "design's parameters (hydra.sweeper.design.*), or use lab-train -m for ad-hoc sweeps")
-        task_overrides = list(arguments)
-        design_name = str(self.design.get("name"))
         specs = expand(self.design, OmegaConf.to_object(self.config.model), OmegaConf.to_object(self.config.batch))
-        check_overrides(task_overrides, specs)
-        sid = sweep_id(self.design, task_overrides, self.id)
-        for spec in specs:  # every run composes and validates before anything is recorded
-            self._task_config([*task_overrides, *spec.overrides])
-
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        settings = SweepSettings(tracking_uri=self.config.tracking.uri, experiment=self.config.tracking.experiment,
+                                 checkpoint_dir=str(self.config.checkpoint_dir), sweep_id=self.id,
+                                 resume=self.resume, stale_after_s=self.stale_after_s,
+                                 max_batch_size=self.max_batch_size)
+        threads: dict[str, Optional[int]] = {}
 
-        tracker = SweepTracker(self.config.tracking.uri, self.config.tracking.experiment)
-        parent = tracker.open_parent(sid, self.design, specs, task_overrides)
-        plan = plan_jobs(specs, tracker.previous_runs(sid),
-                         Path(self.config.checkpoint_dir) / self.config.tracking.experiment, self.resume,
-                         now_s=time.time(), stale_after_s=self.stale_after_s)
-        outcomes = {spec.name: RunOutcome.from_previous(spec, prev, "SKIPPED") for spec, prev in plan.skipped}
-        for spec, prev in plan.active:
-            log.warning("run %s (%s) is RUNNING and recorded a metric in the last %.0f s: left alone; re-run the "
-                        "sweep once it ended, or with hydra.sweeper.stale_after_s=0 if it is dead", spec.name,
-                        prev.run_id, self.stale_after_s)
-            outcomes[spec.name] = RunOutcome.from_previous(spec, prev, "ACTIVE")
-        threads = self._job_threads(len(plan.jobs))
-        log.info("sweep %s (%s): %d runs, %d finished before, %d to launch (%d resumed); parent run %s", sid,
-                 design_name, len(specs), len(plan.skipped), len(plan.jobs), sum(j.resume for j in plan.jobs),
-                 parent)
+        def job_threads(n_jobs: int) -> Optional[int]:
+            threads["n"] = self._job_threads(n_jobs)
+            return threads["n"]
 
-        def summary() -> SweepSummary:
-            return SweepSummary(sid, design_name, parent, tuple(
-                outcomes.get(s.name, RunOutcome(s.name, "NOT_RUN", tags=dict(s.tags))) for s in specs))
+        def launch(overrides: list[list[str]], start: int) -> list[Any]:
+            with self._thread_env(threads.get("n")):
+                returns: Sequence[JobReturn] = self.launcher.launch(overrides, initial_job_idx=start)
+            # JobReturn.return_value would re-raise a failed job's exception: hand it over instead.
+            return [r.return_value if r.status == JobStatus.COMPLETED else r._return_value for r in returns]
 
-        try:
-            for start, batch in self._batches(plan.jobs, specs, outcomes):
-                for job in batch:
-                    tracker.prepare(job, sid)
-                overrides = [job_overrides(j.spec, sid, design_name, parent, task_overrides, j.resume, threads)
-                             for j in batch]
-                try:
-                    with self._thread_env(threads):
-                        returns: Sequence[JobReturn] = self.launcher.launch(overrides, initial_job_idx=start)
-                except Exception as err:  # noqa: BLE001 - a crashed worker: what the store says is what happened
-                    log.exception("launcher failed on jobs %d-%d; reading their outcome from MLflow",
-                                  start, start + len(batch) - 1)
-                    after = tracker.previous_runs(sid)
-                    outcomes.update({j.spec.name: outcome_after_crash(j, after, err) for j in batch})
-                    continue
-                for job, ret in zip(batch, returns):
-                    outcomes[job.spec.name] = self._outcome(job, ret)
-        except BaseException:  # Ctrl-C, SystemExit: end the parent as KILLED with what is known, then stop
-            result = summary()
-            tracker.close_parent(parent, result, interrupted=True)
-            print(result.table(), flush=True)
-            raise
-        result = summary()
-        tracker.close_parent(parent, result)
-        print(result.table(), flush=True)
-        return result
-
-    def _batches(self, jobs: Sequence[Job], specs: Sequence[Any], outcomes: dict[str, RunOutcome]
-                 ) -> Iterator[tuple[int, Sequence[Job]]]:
-        """(first job index, jobs) to launch together: stage by stage (RunSpec.stage), at most max_batch_size at once.
-        A stage starts only once every run of the earlier stages finished (CBS branches need their reference's
-        checkpoints); otherwise its jobs end NOT_RUN with the runs they wait for as the reason."""
-        from sweeps.runs import RunOutcome, waiting_on
-
-        start = 0
-        for stage in sorted({j.spec.stage for j in jobs}):
-            staged = [j for j in jobs if j.spec.stage == stage]
-            waiting = waiting_on(stage, specs, outcomes)
-            if waiting:
-                log.warning("stage %d (%d runs) not launched: earlier runs did not finish: %s", stage, len(staged),
-                            ", ".join(waiting[:5]))
-                outcomes.update({j.spec.name: RunOutcome(
-                    j.spec.name, "NOT_RUN", reason=f"waits for unfinished run(s) {', '.join(waiting[:3])}",
-                    tags=dict(j.spec.tags)) for j in staged})
-                continue
-            size = self.max_batch_size or max(len(staged), 1)
-            for i in range(0, len(staged), size):
-                yield start, staged[i:i + size]
-                start += len(staged[i:i + size])
-
-    @staticmethod
-    def _outcome(job: Job, ret: JobReturn) -> RunOutcome:
-        from sweeps.runs import RunOutcome
-
-        if ret.status == JobStatus.COMPLETED:
-            return RunOutcome.from_result(job.spec, ret.return_value, job.resume)
-        err = ret._return_value  # the job's exception (JobReturn.return_value would re-raise it)
-        return RunOutcome(job.spec.name, "ERROR", reason=f"{type(err).__name__}: {err}", resumed=job.resume,
-                          tags=dict(job.spec.tags))
+        return run_design(self.design, specs, list(arguments), settings, self._task_config, launch, job_threads)

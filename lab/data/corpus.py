@@ -130,7 +130,8 @@ def builtin_corpus(
     if not sources:
         raise ValueError(f"{root}: no *.py files found outside {sorted(SKIP_DIRS)}; pass a directory of Python source")
 
-    stem = f"pysrc-py{sys.version_info.major}.{sys.version_info.minor}-{_fingerprint(root, sources, val_fraction, max_bytes)}"
+    fingerprint = _fingerprint(root, sources, val_fraction, max_bytes)
+    stem = f"pysrc-py{sys.version_info.major}.{sys.version_info.minor}-{fingerprint}"
     files = CorpusFiles(train=Path(cache_dir) / f"{stem}-train.bin", val=Path(cache_dir) / f"{stem}-val.bin")
     if files.train.is_file() and files.val.is_file():
         return files
@@ -162,7 +163,8 @@ def bits_per_byte(loss_nats_per_token: float, bytes_per_token: float = BYTES_PER
     """Bits per byte from a loss L in nats per token: bpb = L / ln 2 / bytes_per_token.
 
     Gao et al. 2020 (The Pile), bits per UTF-8 byte: BPB = (L_T / L_B) · L / ln 2, where L_T / L_B (tokens per
-    byte) = 1 / bytes_per_token. Byte-level tokens have bytes_per_token = 1. Works elementwise on arrays and tensors too.
+    byte) = 1 / bytes_per_token. Byte-level tokens have bytes_per_token = 1. Works elementwise on arrays and tensors
+    too.
     """
     if not bytes_per_token > 0:
         raise ValueError(f"bytes_per_token={bytes_per_token} must be > 0 (1.0 for byte-level tokens)")

@@ -90,7 +90,8 @@ class TokenSampler:
         return _gather(self.tokens, self.offsets(start, count), self.seq_len)
 
 
-def validation_set(val_tokens: Tokens | str | Path, seq_len: int, n_sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_set(val_tokens: Tokens | str | Path, seq_len: int,
+                   n_sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed set of held-out sequences at evenly spaced offsets, first and last offset included; no randomness.
 
     Returns LongTensors x, y of shape (n_sequences, seq_len). Fails if the split has fewer than n_sequences

@@ -98,7 +98,9 @@ Tokens = np.ndarray | TokenStream
 def describe_source(tokens: Tokens) -> str:
     """Name the file(s) behind ``tokens`` for error messages."""
     if isinstance(tokens, TokenStream):
-        return f"{tokens.paths[0]} (+{len(tokens.paths) - 1} more files)" if len(tokens.paths) > 1 else str(tokens.paths[0])
+        if len(tokens.paths) > 1:
+            return f"{tokens.paths[0]} (+{len(tokens.paths) - 1} more files)"
+        return str(tokens.paths[0])
     filename = getattr(tokens, "filename", None)
     return str(filename) if filename else "in-memory token array"
 
@@ -145,7 +147,8 @@ def open_token_file(path: str | Path) -> np.ndarray:
         if header[0] == LLMC_LLAMA3_MAGIC:
             problem += " (20240801 is llm.c's uint32-token Llama 3 format, which is not supported)"
         fix = "re-export the tokens as uint16 with lab.data.write_llmc_shard or write_tokens_bin"
-        raise TokenFileError(path, problem + "; its header token count matches the file size, so it is not flat tokens", fix)
+        raise TokenFileError(
+            path, problem + "; its header token count matches the file size, so it is not flat tokens", fix)
     if n_bytes % 2:
         raise TokenFileError(
             path,
@@ -183,7 +186,8 @@ def _open_llmc_shard(path: Path, header: np.ndarray, n_bytes: int) -> np.ndarray
         state = "truncated" if held_bytes < 2 * count else "longer than its header"
         raise TokenFileError(
             path,
-            f"{state}: header says {count} tokens, file holds {held_bytes // 2}" + (" and a stray byte" if held_bytes % 2 else ""),
+            f"{state}: header says {count} tokens, file holds {held_bytes // 2}"
+            + (" and a stray byte" if held_bytes % 2 else ""),
             "re-create or re-download the shard",
         )
     if count == 0:

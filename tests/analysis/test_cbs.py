@@ -20,7 +20,10 @@ def true_cbs(D):
     return B_MAX * -np.expm1(-(np.asarray(D) / D0) ** K)
 
 
-def branches(checkpoints=np.geomspace(1e7, 2e10, 12), p=1.0, with_ref_column=True):
+CHECKPOINTS = np.geomspace(1e7, 2e10, 12)
+
+
+def branches(checkpoints=CHECKPOINTS, p=1.0, with_ref_column=True):
     """Branch losses with excess L_B/L_ref − 1 = ε·(B/CBS(D))^p: exactly ε at the true CBS."""
     rows = []
     for D in checkpoints:
@@ -128,7 +131,10 @@ def b_crit_true(L):
     return 0.5 * e_min_true(L) ** 0.5  # B_crit = 0.5·D^0.5 with D = E_min
 
 
-def tradeoff_curves(batches=2.0 ** np.arange(9, 16)):
+BATCHES = 2.0 ** np.arange(9, 16)
+
+
+def tradeoff_curves(batches=BATCHES):
     losses = np.linspace(4.0, 2.2, 400)
     rows = []
     for i, B in enumerate(batches):

@@ -95,7 +95,8 @@ def test_runs_page_curves_come_from_the_store_and_follow_the_widgets(store_uri, 
     at.selectbox(key="runs_metric").select("train/loss").run()
     at.radio(key="runs_x").set_value("step").run()
     fig2 = figure(checked(at), "runs_curves")
-    assert fig2["layout"]["title"]["text"].startswith("train/loss") and "steps" in fig2["layout"]["xaxis"]["title"]["text"]
+    assert fig2["layout"]["title"]["text"].startswith("train/loss")
+    assert "steps" in fig2["layout"]["xaxis"]["title"]["text"]
     assert max(len(t["x"]) for t in fig2["data"]) == 40  # train/loss at every step of the longest picked run
 
     at.multiselect(key="_filter_status").set_value(["FAILED"]).run()
@@ -209,7 +210,8 @@ def test_export_page_offers_the_session_s_laws_tables_and_figures(store_uri, mon
     labels = [b.label for b in checked(at).get("download_button")]
     assert {"Runs (CSV)", "Runs (Parquet)", "Fitted laws (JSON)", "HTML"} <= set(labels)
     exports = at.session_state["exports"]
-    laws = json.loads(export.laws_json({name: law for items in exports.values() for name, law in items["laws"].items()}))
+    laws = json.loads(export.laws_json({name: law for items in exports.values()
+                                        for name, law in items["laws"].items()}))
     expected = fit_loss(final_points(store_uri), form="chinchilla", bootstrap=200)
     assert laws["loss_law_chinchilla"]["params"]["E"] == pytest.approx(expected.params["E"])
     runs = exports["loss laws"]["tables"]["loss_points"]

@@ -273,7 +273,8 @@ def test_resuming_after_k_steps_yields_step_k_plus_one(positions, schedule):
     for k in (1, 4, 7):
         consumed = full[k - 1]["sequences_before"] + full[k - 1]["sequences"]
         fresh = TokenSampler(positions, SEQ_LEN, seed=5)
-        resumed = _collect(StepBatches(fresh, schedule, micro_batch=4, start_step=k, start_sequence=consumed, max_steps=10))
+        resumed = _collect(StepBatches(fresh, schedule, micro_batch=4, start_step=k, start_sequence=consumed,
+                                       max_steps=10))
         assert [b["step"] for b in resumed] == list(range(k, 10))
         for got, want in zip(resumed, full[k:]):
             assert torch.equal(got["x"], want["x"]) and torch.equal(got["y"], want["y"])

@@ -53,7 +53,7 @@ def assert_same(ref, out, atol: float) -> None:
     torch.testing.assert_close(out[0], ref[0], atol=atol, rtol=0)
     assert ref[1].keys() == out[1].keys()
     for name, g in ref[1].items():
-        torch.testing.assert_close(out[1][name], g, atol=atol, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(out[1][name], g, atol=atol, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_compiled_blocks_match_eager_values_and_gradients(tiny):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lab.noise import MicroGradMeter, NoiseScale, NoiseScaleError, grad_sq_norm, unbiased_estimates
+from lab.noise import NoiseScale, NoiseScaleError, grad_sq_norm, unbiased_estimates
 
 # Linear regression y = x·w* + ε with x ~ N(0, I_d), ε ~ N(0, σ²), loss ½(x·w − y)², evaluated at w = w* + δ.
 # Per-example gradient g = x(x·δ − ε), so G = E[g] = δ and, by Isserlis' theorem,
@@ -90,70 +90,3 @@ def test_grad_sq_norm_matches_the_sum_of_squares_in_float32():
     expected = sum(float(p.grad.double().square().sum()) for p in params[:3])
     assert grad_sq_norm(params) == pytest.approx(expected, rel=1e-6)
     assert grad_sq_norm([torch.nn.Parameter(torch.zeros(2))]) == 0.0
-
-
-def regression_step(meter: MicroGradMeter, w: torch.nn.Parameter, X: torch.Tensor, y: torch.Tensor,
-                    accumulation: int, loss_divisor: float) -> float | None:
-    """One optimizer step's worth of micro-batches, hooked as the Lightning module will (no update: w fixed)."""
-    w.grad = None  # zero_grad(set_to_none=True)
-    for Xk, yk in zip(X.chunk(accumulation), y.chunk(accumulation)):
-        meter.before_backward([w])
-        loss = 0.5 * ((Xk @ w - yk) ** 2).mean()
-        (loss / loss_divisor).backward()
-        meter.after_backward([w], loss_divisor=loss_divisor)
-    return meter.before_optimizer_step([w])
-
-
-@pytest.mark.parametrize("loss_divisor", [8.0, 1.0])  # Lightning's mean over micro-batches, or a plain sum
-def test_meter_reads_the_first_micro_batch_and_the_step_gradient(loss_divisor):
-    torch.manual_seed(0)
-    X, y = torch.randn(64, D_IN, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
-    w = torch.nn.Parameter(torch.zeros(D_IN, dtype=torch.float64))
-    meter = MicroGradMeter(micro_tokens=8, decay=0.5)
-    b_simple = regression_step(meter, w, X, y, 8, loss_divisor)
-
-    def grad_sq(Xb, yb):  # |∇ ½ mean (Xw − y)²|² at w = 0: |−Xᵀy/n|²
-        return float(((Xb.T @ yb) / len(yb)).square().sum())
-
-    assert meter.noise.count == 1
-    G2, S = unbiased_estimates(grad_sq(X[:8], y[:8]), 8, grad_sq(X, y), 64)
-    assert meter.noise.G2 == pytest.approx(G2, rel=1e-12)
-    assert meter.noise.S == pytest.approx(S, rel=1e-12)
-    assert meter.last_big_sq == pytest.approx(grad_sq(X, y), rel=1e-12)
-    assert G2 > 0 and b_simple == pytest.approx(S / G2, rel=1e-12)
-
-
-def test_meter_refuses_stale_gradients_and_skips_single_micro_batch_steps():
-    w = torch.nn.Parameter(torch.zeros(3))
-    meter = MicroGradMeter(micro_tokens=4)
-    w.grad = torch.ones(3)
-    with pytest.raises(NoiseScaleError, match="zero_grad"):
-        meter.before_backward([w])
-    meter.after_backward([w])  # A = 1: nothing smaller than the step to compare with
-    assert meter.before_optimizer_step([w]) is None
-    assert meter.last_big_sq == pytest.approx(3.0)
-
-
-def test_meter_every_k_steps_and_state_round_trip():
-    torch.manual_seed(1)
-    w = torch.nn.Parameter(torch.zeros(D_IN))
-    meter = MicroGradMeter(micro_tokens=8, decay=0.9, every=2)
-    results = [regression_step(meter, w, torch.randn(16, D_IN), torch.randn(16), 2, 2.0) for _ in range(4)]
-    assert results[1] is None and results[3] is None  # odd steps are not measured
-    assert meter.noise.count == 2
-    restored = MicroGradMeter(micro_tokens=8, decay=0.9, every=2)
-    restored.load_state_dict(meter.state_dict())
-    assert restored.step == 4 and restored.noise.state_dict() == meter.noise.state_dict()
-
-
-def test_meter_recovers_analytic_b_simple_in_tokens():
-    # b = 8 and B = 64 "tokens" (here examples): the micro-batch is 8, the step accumulates 8 micro-batches.
-    gen = torch.Generator().manual_seed(0)
-    delta = torch.tensor(DELTA)
-    w = torch.nn.Parameter(delta.clone())  # w* = 0, so w − w* = δ
-    meter = MicroGradMeter(micro_tokens=8, decay=0.9995)
-    for _ in range(2500):
-        X = torch.randn(64, D_IN, generator=gen, dtype=torch.float64)
-        y = SIGMA * torch.randn(64, generator=gen, dtype=torch.float64)
-        b_simple = regression_step(meter, w, X, y, 8, 8.0)
-    assert b_simple == pytest.approx(B_SIMPLE, rel=0.10)

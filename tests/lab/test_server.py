@@ -1,7 +1,7 @@
 """tracking=server: `lab-server` (MLflow on PostgreSQL, artifacts served through it) with real runs, eight
 concurrent study workers, and a server that goes away mid-run.
 
-One server for the module (a fresh PostgreSQL database; started as `python -m lab.server` on a free port, stopped
+One server for the module (a fresh PostgreSQL database; started as `python -m tracking.server` on a free port, stopped
 at the end). The outage tests take that server away while a `lab-train` process trains: stopped and restarted on
 the same port and database for LAB_TEST_OUTAGE_S (default 30 s, the issue's figure), or frozen (SIGSTOP) while the
 run is killed and resumed.
@@ -21,8 +21,8 @@ from mlflow.tracking import MlflowClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from lab.run import quiet_lightning, train  # noqa: E402
-from lab.server import ServerConfig, ServerError, ServerProcess  # noqa: E402
-from lab.store import StoreUnavailable, ensure_store, hide_password  # noqa: E402
+from tracking.server import ServerConfig, ServerError, ServerProcess  # noqa: E402
+from tracking.store import StoreUnavailable, ensure_store, hide_password  # noqa: E402
 from lab.train import compose_config  # noqa: E402
 from sweeps.study import StudyError, StudySpec, load_space, open_study  # noqa: E402
 from reliability_scenarios import (build_corpus, crash_during_outage_run, free_port, outage_run,  # noqa: E402
@@ -130,7 +130,7 @@ def test_lab_train_without_its_server_fails_in_one_line_naming_it(tmp_path):
 
 def test_unreachable_postgres_is_named_with_the_fix(tmp_path):
     url = "postgresql+psycopg://postgres@127.0.0.1:1/lab_nowhere"
-    out = subprocess.run([sys.executable, "-m", "lab.server", "--backend-store-uri", url, "--port",
+    out = subprocess.run([sys.executable, "-m", "tracking.server", "--backend-store-uri", url, "--port",
                           str(free_port())], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.startswith(f"error: PostgreSQL at {url} is not reachable")

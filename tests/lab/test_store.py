@@ -1,4 +1,4 @@
-"""lab.store without a training run: the metric buffer against a real SQLite store, errors that name the fix.
+"""tracking.store without a training run: the metric buffer against a real SQLite store, errors that name the fix.
 
 The buffer's behaviour during a tracking-server outage is tested end to end in tests/lab/test_server.py.
 """
@@ -13,7 +13,8 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from lab.store import MetricBuffer, StoreUnavailable, ensure_store, retrying
+from tracking.buffer import MetricBuffer
+from tracking.store import StoreUnavailable, ensure_store, retrying
 
 
 @pytest.fixture
@@ -80,6 +81,7 @@ def test_an_unreachable_store_fails_after_the_timeout_naming_it(monkeypatch):
         retrying(lambda: client.set_terminated("r1"), "end run r1", uri, timeout_s=2)
 
 
-def test_lab_store_does_not_import_lightning():
-    code = "import sys, lab.store; sys.exit(1 if 'lightning' in sys.modules or 'torch' in sys.modules else 0)"
+def test_tracking_does_not_import_lightning():
+    code = ("import sys, tracking.store, tracking.buffer, tracking.runs; "
+            "sys.exit(1 if 'lightning' in sys.modules or 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -52,7 +52,9 @@ def test_run_records_params_metrics_tags_and_summary(smoke_run):
     assert int(p["B_tokens"]) == 8 * 32 and int(p["B_sequences"]) == 8 and int(p["seq_len"]) == 32
     assert float(p["optim.lr"]) == 3e-3 and p["optim.schedule"] == "cosine"
     assert run.data.tags["sweep"] == "unit"
-    assert run.data.tags["mlflow.runName"] == result.run_name == "N1.26e04-D1.28e04-B256-lr0.003-s0"
+    assert run.data.tags["mlflow.runName"] == result.run_name
+    prefix, digest = result.run_name.rsplit("-", 1)
+    assert prefix == "N1.26e04-D1.28e04-B256-lr0.003-s0" and digest == run.data.tags["run_identity"]
 
     steps = [s for s, _ in history(client, result.run_id, "train/loss")]
     assert steps == list(range(1, 51)), "every optimizer step once, step = optimizer step"
@@ -182,7 +184,7 @@ def test_sigkilled_run_resumes_into_same_run_with_every_step_once(tmp_path):
 
 
 def test_store_created_by_many_processes_at_once(tmp_path):
-    code = "import sys; from lab.tracking import ensure_store; ensure_store(sys.argv[1])"
+    code = "import sys; from tracking.store import ensure_store; ensure_store(sys.argv[1])"
     uri = f"sqlite:///{tmp_path}/fresh.db"
     procs = [subprocess.Popen([sys.executable, "-c", code, uri], stderr=subprocess.PIPE, text=True)
              for _ in range(4)]

@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import polars as pl
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +23,8 @@ BAD_VALUES = [float("nan"), float("inf"), -float("inf"), 0.0, -1.0]
 
 @st.composite
 def law_points(draw, columns: tuple[str, ...] = ("N", "D", "loss")):
-    """Points of a Chinchilla-like law, some cells corrupted, some columns possibly dropped."""
+    """Points of a Chinchilla-like law, some cells corrupted, some columns possibly dropped: (frame, the columns
+    still in the frame that hold a bad value, the dropped column or None)."""
     n = draw(st.integers(0, 14))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     N = 10 ** rng.uniform(5, 8, n)
@@ -36,11 +36,19 @@ def law_points(draw, columns: tuple[str, ...] = ("N", "D", "loss")):
     for col, row, value in corrupt:
         data[col][row] = value
     dropped = draw(st.sampled_from([None, *columns])) if draw(st.booleans()) and draw(st.booleans()) else None
-    return pl.DataFrame({k: v for k, v in data.items() if k != dropped}), bool(corrupt), dropped
+    bad = {col for col, _, _ in corrupt} - {dropped}
+    return pl.DataFrame({k: v for k, v in data.items() if k != dropped}), bad, dropped
 
 
-def named_clearly(message: str, columns: tuple[str, ...]) -> bool:
-    return any(repr(c) in message or c in message for c in columns) or "points" in message
+def assert_clear(message: str, bad: set[str], missing: str | None, few: tuple[str, ...] = ("points",)) -> None:
+    """A clear error names what is wrong: the missing column, else a column holding a bad value (quoted, as
+    analysis.validate writes it), else, for clean data, the count that is too small (one of the words in `few`)."""
+    if missing is not None:
+        assert repr(missing) in message, f"missing column {missing!r} not named: {message}"
+    elif bad:
+        assert any(repr(c) in message for c in bad), f"none of the bad columns {sorted(bad)} named: {message}"
+    else:
+        assert any(word in message for word in few), f"clean data rejected without naming a count: {message}"
 
 
 PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -49,32 +57,41 @@ PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCh
 @PROPS
 @given(case=law_points())
 def test_loss_fit_is_finite_or_a_clear_error(case):
-    df, corrupted, dropped = case
+    df, bad, dropped = case
+    # Without D, the form that needs only N: a bad N or loss must still be refused.
+    form, needed = ("L(N)", {"N", "loss"}) if dropped == "D" else ("kaplan", {"N", "D", "loss"})
+    missing = dropped if dropped in needed else None
     try:
-        fit = fit_loss(df, form="L(N)" if dropped == "D" else "kaplan", bootstrap=0)
+        fit = fit_loss(df, form=form, bootstrap=0)
     except ValueError as err:
-        assert named_clearly(str(err), ("N", "D", "loss")), str(err)
-        assert corrupted or dropped or df.height < 8, f"clean, complete points were rejected: {err}"
+        assert_clear(str(err), bad & needed, missing)
+        assert bad or missing or df.height < 8, f"clean, complete points were rejected: {err}"
     else:
-        assert not corrupted and dropped is None or dropped == "D"
+        assert not bad and missing is None, f"fitted through bad columns {sorted(bad)} / missing {missing}"
         assert all(math.isfinite(v) for v in fit.params.values())
 
 
 @PROPS
 @given(case=law_points(("N", "D", "loss", "C")))
 def test_isoflop_fit_is_finite_or_a_clear_error(case):
-    df, corrupted, _ = case
+    df, bad, dropped = case
+    # A dropped D or C is derived from the other two (C = 6·N·D), and inherits their bad values.
+    derived = {"D": {"N", "C"}, "C": {"N", "D"}}.get(dropped, set())
+    if bad & derived:
+        bad = bad | {dropped}
+    missing = dropped if dropped in ("N", "loss") else None
     try:
         result = fit_isoflop(df, bootstrap=20)
     except ValueError as err:
-        assert named_clearly(str(err), ("N", "D", "C", "loss", "budget")) or "budget" in str(err), str(err)
+        assert_clear(str(err), bad, missing, few=("points", "budget"))
     else:
-        assert not corrupted
+        assert not bad and missing is None
         assert all(np.isfinite(result.budgets["N_opt"].to_numpy()))
 
 
 @PROPS
-@given(n_cells=st.integers(0, 5), corrupt=st.sampled_from([None, *BAD_VALUES]), column=st.sampled_from(["lr", "B", "loss"]))
+@given(n_cells=st.integers(0, 5), corrupt=st.sampled_from([None, *BAD_VALUES]),
+       column=st.sampled_from(["lr", "B", "loss"]))
 def test_hparams_fit_is_finite_or_a_clear_error(n_cells, corrupt, column):
     rows = []
     for i in range(n_cells):
@@ -85,16 +102,17 @@ def test_hparams_fit_is_finite_or_a_clear_error(n_cells, corrupt, column):
                 rows.append({"N": N, "D": D, "lr": lr, "B": float(B), "loss": loss})
     df = pl.DataFrame(rows, schema={"N": pl.Float64, "D": pl.Float64, "lr": pl.Float64, "B": pl.Float64,
                                     "loss": pl.Float64})
-    if corrupt is not None and df.height:
+    corrupted = corrupt is not None and df.height > 0
+    if corrupted:
         df = df.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(corrupt).otherwise(pl.col(column))
                              .alias(column))
     try:
         result = fit_hparams(df, method="convex", bootstrap=20)
     except ValueError as err:
-        assert named_clearly(str(err), ("lr", "B", "loss", "cells", "N", "D")), str(err)
-        assert corrupt is not None or n_cells < 4, f"a clean 4-cell landscape was rejected: {err}"
+        assert_clear(str(err), {column} if corrupted else set(), None, few=("points", "cells"))
+        assert corrupted or n_cells < 4, f"a clean 4-cell landscape was rejected: {err}"
     else:
-        assert corrupt is None
+        assert not corrupted
         assert all(math.isfinite(v) for v in result.lr.params.values())
 
 
@@ -104,11 +122,13 @@ def test_hparams_fit_is_finite_or_a_clear_error(n_cells, corrupt, column):
 def test_local_cbs_is_finite_or_a_clear_error(values):
     df = pl.DataFrame(values, schema={"checkpoint_tokens": pl.Float64, "B": pl.Float64, "loss": pl.Float64},
                       orient="row")
-    clean = all(b > 0 and math.isfinite(l) for _, b, l in values)
+    bad = ({"B"} if any(b <= 0 for _, b, _ in values) else set()) | \
+        ({"loss"} if any(math.isnan(loss) for _, _, loss in values) else set())
+    clean = not bad
     try:
         local = local_cbs(df)
     except ValueError as err:
-        assert named_clearly(str(err), ("checkpoint_tokens", "B", "loss")), str(err)
+        assert_clear(str(err), bad, None)
     else:
         assert clean
         assert set(local["checkpoint_tokens"].to_list()) <= {1e5, 2e5, 4e5}
@@ -117,8 +137,8 @@ def test_local_cbs_is_finite_or_a_clear_error(values):
 @settings(max_examples=15, deadline=None)
 @given(case=law_points())
 def test_lab_fit_exits_2_with_one_error_line_and_writes_nothing(tmp_path_factory, case):
-    df, corrupted, dropped = case
-    if not (corrupted or dropped or df.height < 3):
+    df, bad, dropped = case
+    if not (bad or dropped or df.height < 3):
         return  # a valid table: covered by tests/analysis/test_cli.py
     work = tmp_path_factory.mktemp("cli")
     table, out = work / "runs.csv", work / "fit.json"

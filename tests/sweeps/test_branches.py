@@ -19,7 +19,8 @@ from lab.config import BatchConfig, ConfigError, ModelConfig
 from lab.train import compose_config
 from sweeps.branches import cbs
 from sweeps.cli import run_sweep
-from sweeps.designs import Base, DesignError, RunSpec, expand, sci, tokens_label
+from sweeps.designs import Base, DesignError, RunSpec, sci, tokens_label
+from sweeps.catalog import expand
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "cbs.json"
 D, W = 12800, 2048
@@ -101,12 +102,12 @@ def test_design_puts_the_reference_first_and_its_own_batch_among_the_branches():
 
 
 def test_the_shipped_sweep_config_expands_into_a_valid_study():
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from lab.train import CONF_DIR
+    from lab.train import CONF_MODULE
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         cfg = compose("lab_sweep", overrides=["sweep=cbs"], return_hydra_config=True)
     specs = expand(OmegaConf.to_container(cfg.hydra.sweeper.design), OmegaConf.to_object(cfg.model),
                    OmegaConf.to_object(cfg.batch))

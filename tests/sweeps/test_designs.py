@@ -13,13 +13,14 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from lab.config import BatchConfig, ModelConfig
-from lab.train import CONF_DIR
-from sweeps.designs import (Base, DesignError, RunSpec, chinchilla_N, expand, isoflop, log_space, lr_batch, sci,
+from lab.train import CONF_MODULE
+from sweeps.designs import (Base, DesignError, RunSpec, chinchilla_N, isoflop, log_space, lr_batch, sci,
                             size_tokens_grid, tokens_label, with_seeds)
+from sweeps.catalog import expand
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 SMOKE_MODEL = ModelConfig(size=1, seq_len=32)
@@ -56,15 +57,14 @@ def test_snapshot_lr_batch(base):
 
 
 def test_ladder_counts_match_the_model():
-    from lab.flops import flops_per_token, non_embedding_params
+    from lab.flops import non_embedding_params
     from lab.model import GPTConfig, size_ladder
 
     b = Base.from_config(SMOKE_MODEL, SMOKE_BATCH, sizes=[2, 1, 2])
     assert [r.label for r in b.rungs] == ["size 1", "size 2"], "sorted, deduplicated"
     assert b.rungs[0].N == 12640  # the smoke model's N (tests/lab/test_train.py)
     gpt = GPTConfig(seq_len=32, **size_ladder(2))
-    assert b.rungs[1].N == non_embedding_params(gpt) and b.rungs[1].flops_per_token == flops_per_token(gpt)
-    assert b.rungs[1].flops_per_token == 6 * b.rungs[1].N + 6 * 2 * 32 * 64, "6N + attention (n_layers·T·d)"
+    assert b.rungs[1].N == non_embedding_params(gpt)
 
 
 def test_explicit_shapes_refine_the_ladder():
@@ -93,8 +93,8 @@ def test_isoflop_spends_the_budget_on_sizes_around_the_chinchilla_optimum(base):
         assert sizes == list(range(sizes[0], sizes[0] + 3)), "a contiguous window of the ladder"
         for s, size in zip(specs, sizes):
             D = int(dict(o.split("=") for o in s.overrides)["budget.tokens"])
-            fpt = base.rungs[size - 1].flops_per_token
-            assert abs(D * fpt - C) <= fpt / 2, "D = C / flops_per_token, to the nearest token"
+            N = base.rungs[size - 1].N
+            assert abs(6 * N * D - C) <= 6 * N / 2, "C = 6·N·D, D to the nearest token"
             assert s.tags == {"design": "isoflop", "budget": sci(C, 6), "seed": "0"}
     # N*(1e9) = 2.9e3 is below the smallest size: the window slides to the bottom of the ladder
     assert [s.name for s in isoflop(base, [1e9], k=2)] == ["isoflop-C1e9-N1.26e4-B256-s0",
@@ -165,7 +165,7 @@ def test_explicit_model_shape_is_refused():
     (["sweep=lr_batch"], 28),
 ])
 def test_shipped_configs_expand(overrides, n_runs):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         cfg = compose("lab_sweep", overrides=overrides, return_hydra_config=True)
     design = OmegaConf.to_container(cfg.hydra.sweeper.design)
     specs = expand(design, OmegaConf.to_object(cfg.model), OmegaConf.to_object(cfg.batch))

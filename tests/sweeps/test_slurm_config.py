@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from hydra_plugins.lab_sweeper.sized_submitit import SizedSlurmLauncher
-from lab.train import CONF_DIR
+from lab.train import CONF_MODULE
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def slurm_launcher(tmp_path, monkeypatch) -> SizedSlurmLauncher:
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         cfg = compose("lab_sweep", overrides=["experiment=smoke_sweep", "hydra/launcher=slurm",
                                               "hydra.launcher.partition=gpu", "hydra.launcher.account=scaling",
                                               f"hydra.sweep.dir={tmp_path}/multirun"], return_hydra_config=True)

@@ -49,7 +49,7 @@ def worker(workdir: Path, cache: Path, study: str, storage: str, n_trials: int, 
 
 def finish(procs: list[subprocess.Popen]) -> list[str]:
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     return [out for out, _ in outs]
 
@@ -185,7 +185,7 @@ def test_two_worker_processes_share_a_sqlite_study(tmp_path, cache_dir):
 
 
 def test_two_worker_processes_share_a_postgres_study(tmp_path, cache_dir, postgres_url):
-    from lab.tracking import ensure_store
+    from tracking.store import ensure_store
 
     ensure_store(f"sqlite:///{tmp_path}/mlflow.db")  # the MLflow store stays SQLite; Optuna's is PostgreSQL
     procs = [worker(tmp_path, cache_dir, "pg-duo", postgres_url, 2, "--seed", str(seed)) for seed in (1, 2)]

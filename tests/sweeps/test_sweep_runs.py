@@ -17,6 +17,7 @@ from lab.config import ConfigError
 from sweeps.cli import run_sweep
 from sweeps.designs import RunSpec
 from sweeps.runs import Previous, SweepError, outcome_after_crash, plan_jobs
+from tracking.record import FailureKind
 
 SMOKE_C = {"1e9": 1e9, "3e9": 3e9}
 
@@ -65,9 +66,8 @@ def test_joblib_sweep_records_every_run_under_one_parent(joblib_sweep):
         assert tags["sweep"] == summary.sweep_id and tags["design"] == "isoflop" and tags["seed"] == "0"
         assert name.startswith(f"isoflop-C{tags['budget']}-N") and name.endswith("-B256-s0")
         assert params["trainer.threads"] == "1", "each of the 2 workers owns one core"
-        # IsoFLOP: every size spends the budget in exact FLOPs (to within the rounding of D to whole steps)
-        fpt = float(params["flops_per_token"])
-        assert abs(run.data.metrics["flops"] - SMOKE_C[tags["budget"]]) <= fpt * int(params["B_tokens"])
+        # IsoFLOP: every size spends the budget C = 6·N·D (to within the rounding of D to whole steps)
+        assert abs(float(params["C"]) - SMOKE_C[tags["budget"]]) <= 6 * float(params["N"]) * int(params["B_tokens"])
     assert {r.data.params["model.size"] for r in runs.values()} == {"1", "2"}
 
     parent = client.get_run(summary.parent_run_id)
@@ -80,11 +80,25 @@ def test_joblib_sweep_records_every_run_under_one_parent(joblib_sweep):
     assert len(list((workdir / "multirun").glob("isoflop-*/.hydra/overrides.yaml"))) == 4
 
 
+def test_one_C_in_params_summaries_and_the_loader(joblib_sweep):
+    """C = 6·N·D in the C param, the summary artifact and the loader's frame; model FLOPs a column of their own."""
+    from analysis.load import load_runs
+
+    workdir, summary, client = joblib_sweep
+    frame = load_runs(f"sqlite:///{workdir}/mlflow.db", experiment="smoke_sweep",
+                      filter_tags={"sweep": summary.sweep_id})
+    assert frame.height == 4 and "model_flops" in frame.columns
+    for row in frame.iter_rows(named=True):
+        run = client.get_run(row["run_id"])
+        summary_C = json.loads(Path(run.info.artifact_uri.removeprefix("file://"), "summary.json").read_text())["C"]
+        assert row["C"] == float(run.data.params["C"]) == summary_C == 6 * row["N"] * row["D"]
+
+
 def test_rerun_skips_finished_resumes_interrupted_and_redoes_missing(joblib_sweep, cache_dir, monkeypatch):
     workdir, first, client = joblib_sweep
     monkeypatch.chdir(workdir)
     ids = {o.name: o.run_id for o in first.outcomes}
-    killed, missing = "isoflop-C1e9-N1.26e4-B256-s0", "isoflop-C3e9-N9.76e4-B256-s0"  # 48 steps, ckpt at 25
+    killed, missing = "isoflop-C1e9-N1.26e4-B256-s0", "isoflop-C3e9-N9.76e4-B256-s0"  # 52 steps, ckpt at 25
     client.set_tag(ids[killed], "status_reason", "killed by the test")
     client.set_terminated(ids[killed], status="KILLED")
     client.delete_run(ids[missing])
@@ -98,7 +112,7 @@ def test_rerun_skips_finished_resumes_interrupted_and_redoes_missing(joblib_swee
     assert not by_name[missing].resumed and by_name[missing].run_id != ids[missing]
     resumed = client.get_run(ids[killed])
     assert resumed.info.status == "FINISHED" and "status_reason" not in resumed.data.tags
-    assert steps(client, ids[killed]) == list(range(1, 49)), "every step exactly once across the interruption"
+    assert steps(client, ids[killed]) == list(range(1, 53)), "every step exactly once across the interruption"
     runs = children(client, "smoke_sweep", first.sweep_id)
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs.values())
     assert runs[missing].data.tags["mlflow.parentRunId"] == first.parent_run_id
@@ -173,11 +187,12 @@ def test_submitit_local_runs_a_two_job_sweep_with_resources_by_size(tmp_path, ca
 
 def test_plan_skips_finished_and_resumes_only_a_checkpoint_of_the_same_run(tmp_path):
     specs = [RunSpec(f"r{i}", (f"seed={i}",)) for i in range(5)]
-    prev = {"r0": Previous("a", "FINISHED", None, 1, 1, 1, 3.0),
-            "r1": Previous("b", "KILLED", "interrupted", 1, 1, 1, None),
-            "r2": Previous("c", "RUNNING", None, 1, 1, 1, None),
-            "r3": Previous("d", "FAILED", "train/loss=nan at step 3 (ceiling trainer.max_loss=20.0)", 1, 1, 1, None),
-            "r4": Previous("f", "RUNNING", None, 1, 1, 1, None, last_active_s=1000.0)}
+    prev = {"r0": Previous("a", "FINISHED", None, None, 1, 1, 1, 3.0),
+            "r1": Previous("b", "KILLED", "interrupted", FailureKind.INTERRUPTED, 1, 1, 1, None),
+            "r2": Previous("c", "RUNNING", None, None, 1, 1, 1, None),
+            "r3": Previous("d", "FAILED", "train/loss=nan at step 3 (ceiling trainer.max_loss=20.0)",
+                           FailureKind.DIVERGED, 1, 1, 1, None),
+            "r4": Previous("f", "RUNNING", None, None, 1, 1, 1, None, last_active_s=1000.0)}
     for name, run_id in (("r1", "b"), ("r2", "someone-else"), ("r3", "d")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "run.json").write_text(json.dumps({"run_id": run_id}))
@@ -192,6 +207,6 @@ def test_plan_skips_finished_and_resumes_only_a_checkpoint_of_the_same_run(tmp_p
     crash = RuntimeError("worker died")
     fresh, resumed = plan.jobs[1], plan.jobs[0]
     assert outcome_after_crash(fresh, {"r2": prev["r2"]}, crash).status == "ERROR", "the old leftover is not news"
-    assert outcome_after_crash(fresh, {"r2": Previous("e", "FINISHED", None, 1, 1, 1, 2.5)}, crash).status == \
+    assert outcome_after_crash(fresh, {"r2": Previous("e", "FINISHED", None, None, 1, 1, 1, 2.5)}, crash).status == \
         "FINISHED"
-    assert outcome_after_crash(resumed, {"r1": Previous("b", "FINISHED", None, 1, 1, 1, 2.5)}, crash).resumed
+    assert outcome_after_crash(resumed, {"r1": Previous("b", "FINISHED", None, None, 1, 1, 1, 2.5)}, crash).resumed

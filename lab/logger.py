@@ -1,16 +1,16 @@
 """MLflow run lifecycle under Lightning: batched background logging, exactly-once metrics across resumes and outages.
 
 Lightning's ``MLFlowLogger`` owns run creation, params and termination; this module adds what a scaling study
-needs on top of it (the store itself, without Lightning, is ``lab.store``):
+needs on top of it (the store itself, without Lightning, is the ``tracking`` package):
 
-- metrics go through ``lab.store.MetricBuffer`` (a background thread that batches and retries), so training never
+- metrics go through ``tracking.buffer.MetricBuffer`` (a background thread that batches and retries), so training never
   waits on tracking, and an unreachable store only delays their arrival;
 - a checkpoint does not wait for the store either: ``PendingMetrics`` writes the metrics the store has not yet
   acknowledged into the checkpoint, so every step up to a checkpoint is either in the store or in the checkpoint;
 - on resume the steps already recorded are skipped (a resumed run recomputes them bit-for-bit) and the carried
   metrics the store never got are sent again, so each step lands once, even when the tracking server was down
   at the moment the run was killed;
-- tags, the summary artifacts and the run's end are written with bounded retries (``lab.store.retrying``).
+- tags, the summary artifacts and the run's end are written with bounded retries (``tracking.store.retrying``).
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric
 
-from lab.store import (MetricBuffer, StoreUnavailable, ensure_store, git_state, recorded_steps, retrying,
-                       sqlite_path)
-
-__all__ = ["MetricBuffer", "PendingMetrics", "RunLogger", "StoreUnavailable", "ensure_store", "git_state",
-           "recorded_steps", "sqlite_path"]
+from tracking.buffer import MetricBuffer
+from tracking.record import Artifact
+from tracking.store import retrying
 
 PENDING_KEY = "lab_pending_metrics"
 """Checkpoint entry: [key, value, timestamp_ms, step] rows the store had not acknowledged when it was written."""
@@ -96,11 +94,16 @@ class RunLogger(MLFlowLogger):
                      f"set tag {k} of run {self.run_id}", self._tracking_uri)
 
     @rank_zero_only
-    def log_summary(self, summary: Mapping[str, Any], config_yaml: str) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
-        for text, name in ((json.dumps(clean, indent=2, sort_keys=True), "summary.json"), (config_yaml, "config.yaml")):
+    def log_texts(self, files: Mapping[str, str]) -> None:
+        """Text artifacts, by file name."""
+        for name, text in files.items():
             retrying(lambda text=text, name=name: self.experiment.log_text(self.run_id, text, name),
                      f"save {name} of run {self.run_id}", self._tracking_uri)
+
+    @rank_zero_only
+    def log_summary(self, summary: Mapping[str, Any], config_yaml: str) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+        self.log_texts({Artifact.SUMMARY: json.dumps(clean, indent=2, sort_keys=True), Artifact.CONFIG: config_yaml})
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:

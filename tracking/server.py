@@ -51,7 +51,7 @@ class ServerConfig:
     """Host headers the server accepts (MLflow refuses others); None: MLflow's defaults plus this machine's names."""
 
     def __post_init__(self) -> None:
-        from lab.store import is_postgres
+        from tracking.store import is_postgres
 
         if not is_postgres(self.backend_store_uri):
             raise ServerError(f"--backend-store-uri {self.backend_store_uri!r}: lab-server keeps runs in "
@@ -109,7 +109,7 @@ def ensure_database(url: str) -> bool:
     from psycopg import sql
     from sqlalchemy.engine import make_url
 
-    from lab.store import hide_password, libpq_url
+    from tracking.store import hide_password, libpq_url
 
     name = make_url(url).database
     try:
@@ -157,7 +157,7 @@ def check_port(cfg: ServerConfig) -> None:
 
 def initialise(cfg: ServerConfig) -> list[str]:
     """Databases and schemas (MLflow's, Optuna's) ready before the server starts; what was created, for the log."""
-    from lab.store import hide_password, init_postgres_store
+    from tracking.store import hide_password, init_postgres_store
 
     check_port(cfg)
     created = [hide_password(u) for u in (cfg.backend_store_uri, cfg.optuna_url) if ensure_database(u)]
@@ -193,7 +193,7 @@ def server_command(cfg: ServerConfig) -> list[str]:
 
 
 def wait_until_up(proc: subprocess.Popen, uri: str, timeout_s: float = START_TIMEOUT_S) -> None:
-    from lab.store import server_health
+    from tracking.store import server_health
 
     deadline = time.monotonic() + timeout_s
     while (reason := server_health(uri, timeout_s=2.0)) is not None:
@@ -245,11 +245,11 @@ class ServerProcess:
         return self.cfg.tracking_uri
 
     def start(self, timeout_s: float = START_TIMEOUT_S + 60) -> None:
-        from lab.store import server_health
+        from tracking.store import server_health
 
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0  # this start's banner comes after
         with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "lab.server", *self.cfg.argv()], stdout=log,
+            self.proc = subprocess.Popen([sys.executable, "-m", "tracking.server", *self.cfg.argv()], stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         t0 = time.monotonic()
         deadline = t0 + timeout_s
@@ -332,7 +332,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> ServerConfig:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from lab.store import hide_password
+    from tracking.store import hide_password
 
     launched: list[subprocess.Popen] = []
     stopping: list[int] = []

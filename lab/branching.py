@@ -32,25 +32,22 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import lightning as L
 import torch
 
 from lab.config import ConfigError, TrainConfig
 from lab.schedules import LRSchedule, PlanStep, lr_batch_factor, lr_multiplier
+from tracking.record import Checkpoint, Param, Tag
 
 if TYPE_CHECKING:
     from lab.model import GPTConfig
-    from lab.run import PreparedRun
-
-BRANCH_TAG, CHECKPOINT_TAG = "branch_of", "checkpoint_tokens"
-"""Tags of a branch run: its reference's MLflow run id and the tokens T of the checkpoint (analysis.cli reads them)."""
 
 
 def checkpoint_path(ckpt_dir: Path, tokens: int) -> Path:
     """``<run checkpoint dir>/tokens-<T>.ckpt``; its record is the same path with suffix ``.json``."""
-    return ckpt_dir / f"tokens-{int(tokens)}.ckpt"
+    return ckpt_dir / Checkpoint.branch_point(tokens)
 
 
 def _step_ends(plan: Sequence[PlanStep], seq_len: int) -> list[int]:
@@ -129,16 +126,16 @@ class Branch:
     plan: tuple[PlanStep, ...]
 
     def tags(self) -> dict[str, str]:
-        return {BRANCH_TAG: self.reference_run_id, CHECKPOINT_TAG: str(self.tokens)}
+        return {Tag.BRANCH_OF: self.reference_run_id, Tag.CHECKPOINT_TOKENS: str(self.tokens)}
 
     def params(self, seq_len: int) -> dict[str, Any]:
         return {"branch.window_tokens": self.window, "branch.lr_rescale": self.rule,
-                "branch.lr_factor": self.lr_factor, "branch.B_ref_tokens": self.reference_sequences * seq_len,
+                "branch.lr_factor": self.lr_factor, Param.BRANCH_B_REF: self.reference_sequences * seq_len,
                 "branch.reference_run": self.reference_run_name}
 
-    def default_name(self, seq_len: int) -> str:
-        """``<reference run name>-T<T>-B<b·seq_len>-W<W>``: deterministic, so a sweep finds it again."""
-        return f"{self.reference_run_name}-T{self.tokens}-B{self.sequences * seq_len}-W{self.window}"
+    def default_name(self, seq_len: int, identity: str) -> str:
+        """``<reference run name>-T<T>-B<b·seq_len>-W<W>-<identity>``: deterministic, so a sweep finds it again."""
+        return f"{self.reference_run_name}-T{self.tokens}-B{self.sequences * seq_len}-W{self.window}-{identity}"
 
 
 def _fail(field: str, value: Any, fix: str) -> None:
@@ -215,14 +212,16 @@ class BranchInit(L.Callback):
         pl_module.on_load_checkpoint(ckpt)  # noise-scale averages, last validation loss
 
 
-def callbacks(p: PreparedRun, run_id: str) -> list[L.Callback]:
-    """The callbacks of a run's branch points (reference) and of its start from one (a branch, unless resumed)."""
+def callbacks(cfg: TrainConfig, gpt_cfg: GPTConfig, N: int, lr_schedule: Optional[LRSchedule],
+              plan: list[PlanStep], run_name: str, ckpt_dir: Path, branch: Optional[Branch], resumed: bool,
+              run_id: str) -> list[L.Callback]:
+    """The callbacks of a run's branch points (a reference) and of its start from one (a branch, unless resumed)."""
     out: list[L.Callback] = []
-    points = p.cfg.trainer.checkpoint_at_tokens
+    points = cfg.trainer.checkpoint_at_tokens
     if points:
-        record = {**reference_record(p.cfg, p.gpt_cfg, p.N, p.lr_schedule), "run_id": run_id,
-                  "run_name": p.run_name}
-        out.append(BranchPoints(p.ckpt_dir, check_branch_points(points, p.plan, p.cfg.model.seq_len), record))
-    if p.branch is not None and p.resume_ckpt is None:
-        out.append(BranchInit(p.branch.checkpoint))
+        assert lr_schedule is not None
+        record = {**reference_record(cfg, gpt_cfg, N, lr_schedule), "run_id": run_id, "run_name": run_name}
+        out.append(BranchPoints(ckpt_dir, check_branch_points(points, plan, cfg.model.seq_len), record))
+    if branch is not None and not resumed:
+        out.append(BranchInit(branch.checkpoint))
     return out
