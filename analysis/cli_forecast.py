@@ -60,29 +60,31 @@ def _target(args: argparse.Namespace) -> tuple[dict[str, float], str]:
 def _fit(args: argparse.Namespace, df: pl.DataFrame, target: dict[str, float], say: Progress
          ) -> tuple[dict[str, dict], list, dict[str, Any]]:
     """Predictions {quantity: {value, lo, hi}}, sensitivities and what else describes the fit."""
-    say(f"fitting the {args.law} law to {df.height} runs ({args.bootstrap} bootstrap resamples), then its "
-        "leave-one-out refits")
+    sens_on = not getattr(args, "no_sensitivity", False)
+    say(f"fitting the {args.law} law to {df.height} runs ({args.bootstrap} bootstrap resamples)"
+        + (", then its leave-one-out refits" if sens_on else ""))
     if args.law == "hparams":
         res = fit_hparams(df, method=args.method, bootstrap=args.bootstrap, seed=args.seed)
         p = predict_hparams(res, **target)
-        sens = hparams_sensitivity(df, res.method, **target)
-        return {"lr": _pred(p.lr, *p.lr_ci95), "B": _pred(p.B, *p.B_ci95)}, [sens], {"method": res.method}
+        sens = [hparams_sensitivity(df, res.method, **target)] if sens_on else []
+        return {"lr": _pred(p.lr, *p.lr_ci95), "B": _pred(p.B, *p.B_ci95)}, sens, {"method": res.method}
     if args.law == "isoflop":
         if f"tag.{Tag.BUDGET}" in df.columns:  # planned budget C, as lab-fit isoflop reads it
             budget = df[f"tag.{Tag.BUDGET}"].cast(pl.Float64, strict=False)
             df = df.with_columns(budget=budget) if budget.null_count() == 0 else df
         a = predict_optimal(fit_isoflop(df, bootstrap=args.bootstrap, seed=args.seed), target["C"])
-        return ({"N": _pred(a.N, *a.N_ci95), "D": _pred(a.D, *a.D_ci95)}, [isoflop_sensitivity(df, [target["C"]])],
-                {})
+        sens = [isoflop_sensitivity(df, [target["C"]])] if sens_on else []
+        return {"N": _pred(a.N, *a.N_ci95), "D": _pred(a.D, *a.D_ci95)}, sens, {}
     kw = {"form": "chinchilla", "seed": args.seed}
     fit = fit_loss(df, bootstrap=args.bootstrap, **kw)
     if "C" in target:
         opt = compute_optimal(fit, [target["C"]]).row(0, named=True)
         preds = {"loss": _pred(opt["loss_opt"]), "N": _pred(opt["N_opt"], opt["N_opt_lo"], opt["N_opt_hi"]),
                  "D": _pred(opt["D_opt"], opt["D_opt_lo"], opt["D_opt_hi"])}
-        return preds, loss_sensitivity(df, [target["C"]], kw), {"params": fit.params}
+        return preds, loss_sensitivity(df, [target["C"]], kw) if sens_on else [], {"params": fit.params}
     est, lo, hi = (float(v) for v in prediction_interval(fit, target["N"], target["D"]))
-    return {"loss": _pred(est, lo, hi)}, loss_sensitivity_at(df, target["N"], target["D"], kw), {"params": fit.params}
+    sens = loss_sensitivity_at(df, target["N"], target["D"], kw) if sens_on else []
+    return {"loss": _pred(est, lo, hi)}, sens, {"params": fit.params}
 
 
 def _experiment(df: pl.DataFrame) -> str:
