@@ -104,6 +104,8 @@ def _loss(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
         optimal = compute_optimal(fit, args.target_C)
         print("\n" + report.compute_optimal_table(optimal))
         out["compute_optimal"] = optimal.to_dicts()
+        if groups and not args.no_sensitivity:
+            say("no sensitivity with --curve-points: a budget left out would split runs; fit final points for it")
         if not args.no_sensitivity and not groups:
             say("sensitivity: refitting without each budget, then each size")
             sens = loss_sensitivity(df, args.target_C, {"form": form.name, "delta": args.delta, "seed": args.seed,
