@@ -6,6 +6,7 @@
     lab-fit isoflop --tracking-uri sqlite:///mlflow.db --sweep isoflop-1 --target-C 1e18 --out iso.json
     lab-fit hparams --input landscape.csv --method auto --target-N 1e8 --target-D 2e9 --out hp.json
     lab-fit cbs --input branches.csv --seq-len 256 --total-tokens 2e9 --out cbs.json
+    lab-fit forecast --tracking-uri sqlite:///mlflow.db --law hparams --target-N 1e8 --target-D 2e9  (--check later)
 
 Runs come from --input, a CSV or Parquet table (`analysis.load.load_table`, design §4 column names), or from
 --tracking-uri, an MLflow store (`analysis.load.load_runs`) narrowed by --experiment and --sweep (tag sweep=ID):
@@ -42,7 +43,8 @@ from analysis import cli_log, report
 from analysis.cli_input import CliError, Progress, frame, store_runs
 from analysis.extrapolate import holdout_check
 from analysis.laws.cbs import CBS_TOLERANCE, fit_cbs_curve, local_cbs, propose_batch_warmup
-from analysis.laws.hparams import PLATEAU_TOLERANCE, fit_hparams, predict_hparams
+from analysis.laws.hparams import METHODS as HPARAM_METHODS, PLATEAU_TOLERANCE, fit_hparams, predict_hparams
+from analysis.laws.hparams_joint import JOINT_NEAR
 from analysis.laws.isoflop import BUDGET_REL_TOL, fit_isoflop, predict_optimal
 from analysis.laws.curve_points import MIN_FRACTION, MODES
 from analysis.laws.loglinear import jsonable
@@ -52,6 +54,8 @@ from analysis.load import load_table
 from analysis.points import (BRANCH_OF, DEFAULT_GRANULARITY, REFERENCE_B, CbsSettings, cbs_settings,
                              law_points)
 from tracking.record import Tag
+from analysis.recipe import recipe
+from analysis.sensitivity import hparams_sensitivity, isoflop_sensitivity, loss_sensitivity
 
 
 
@@ -102,6 +106,14 @@ def _loss(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
         optimal = compute_optimal(fit, args.target_C)
         print("\n" + report.compute_optimal_table(optimal))
         out["compute_optimal"] = optimal.to_dicts()
+        if groups and not args.no_sensitivity:
+            say("no sensitivity with --curve-points: a budget left out would split runs; fit final points for it")
+        if not args.no_sensitivity and not groups:
+            say("sensitivity: refitting without each budget, then each size")
+            sens = loss_sensitivity(df, args.target_C, {"form": form.name, "delta": args.delta, "seed": args.seed,
+                                                        "exclude_top_loss": args.exclude_top_loss})
+            print("\n" + "\n\n".join(report.sensitivity_table(s) for s in sens), flush=True)
+            out["sensitivity"] = [s.to_dict() for s in sens]
     return out
 
 
@@ -114,7 +126,13 @@ def _isoflop(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     allocations = [predict_optimal(result, C) for C in args.target_C or ()]
     print(report.isoflop_report(result, allocations))
     args.figures = cli_log.isoflop_figures(df, result, args.budget_tol)
-    return {"form": "isoflop", **result.to_dict(), "optimal": [asdict(a) for a in allocations]}
+    sens = None
+    if allocations and not args.no_sensitivity:
+        say("sensitivity: refitting without each budget")
+        sens = isoflop_sensitivity(df, args.target_C, rel_tol=args.budget_tol)
+        print("\n" + report.sensitivity_table(sens))
+    return {"form": "isoflop", **result.to_dict(), "optimal": [asdict(a) for a in allocations],
+            "sensitivity": [sens.to_dict()] if sens else None}
 
 
 def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
@@ -128,12 +146,26 @@ def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
                        "sweep an lr x B grid per (N, D) (lab-sweep sweep=lr_batch) and select it with --sweep")
     say(f"locating the optimal (lr, B) of each (N, D) cell in {df.height} runs ({args.method}), "
         f"then {args.bootstrap} bootstrap resamples of cells")
-    result = fit_hparams(df, method=args.method, tolerance=args.tolerance, bootstrap=args.bootstrap, seed=args.seed)
+    result = fit_hparams(df, method=args.method, tolerance=args.tolerance, bootstrap=args.bootstrap, seed=args.seed,
+                         near=args.near)
     prediction = (predict_hparams(result, N=args.target_N, D=args.target_D, C=args.target_C)
                   if args.target_N or args.target_C else None)
     print(report.hparams_report(result, prediction))
     args.figures = cli_log.hparams_figures(result)
-    return {**result.to_dict(), "prediction": asdict(prediction) if prediction else None}
+    plan = None
+    if prediction is not None:
+        plan = recipe(result, args.seq_len, N=args.target_N, D=args.target_D, C=args.target_C,
+                      granularity=args.granularity, batch_warmup=not args.no_batch_warmup)
+        print("\n" + report.recipe_table(plan))
+    sens = None
+    if prediction is not None and not args.no_sensitivity:
+        say(f"sensitivity: refitting ({result.method}) without each (N, D) cell")
+        sens = hparams_sensitivity(df, result.method, N=args.target_N, D=args.target_D, C=args.target_C,
+                                   tolerance=args.tolerance, near=args.near)
+        print("\n" + report.sensitivity_table(sens))
+    return {**result.to_dict(), "prediction": asdict(prediction) if prediction else None,
+            "sensitivity": [sens.to_dict()] if sens else None,
+            "recipe": {**asdict(plan), "overrides": plan.to_overrides()} if plan else None}
 
 
 def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame, CbsSettings]:
@@ -202,6 +234,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--out", type=Path, help="write the result here as JSON")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     cli_log.add_argument(common)
+    common.add_argument("--no-sensitivity", action="store_true",
+                        help="skip the leave-one-budget/size/cell-out refits of the forecast at the target")
     scale = argparse.ArgumentParser(add_help=False)
     scale.add_argument("--total-params", action="store_true", help="use N_total (with embeddings) as N")
     parser = argparse.ArgumentParser(prog="lab-fit", description="Fit scaling laws with bootstrap intervals.")
@@ -227,10 +261,15 @@ def _parser() -> argparse.ArgumentParser:
     iso.set_defaults(run=_isoflop)
 
     hp = sub.add_parser("hparams", parents=[common, scale], help="optimal lr and batch size vs N, D, C")
-    hp.add_argument("--method", choices=["auto", "convex", "plateau"], default="auto")
+    hp.add_argument("--method", choices=["auto", *HPARAM_METHODS], default="auto")
+    hp.add_argument("--near", type=_positive, default=JOINT_NEAR,
+                    help="joint: configs within this relative excess of their cell's best are fitted")
     hp.add_argument("--tolerance", type=_positive, default=PLATEAU_TOLERANCE, help="plateau: relative excess loss")
     for name in ("N", "D", "C"):
         hp.add_argument(f"--target-{name}", type=_positive, metavar=name)
+    hp.add_argument("--seq-len", type=int, default=256, help="recipe: sequence length of the planned run")
+    hp.add_argument("--granularity", type=int, default=8, help="recipe: batch multiple (micro_batch x devices)")
+    hp.add_argument("--no-batch-warmup", action="store_true", help="recipe: a constant batch, no linear ramp")
     hp.set_defaults(run=_hparams)
 
     cbs = sub.add_parser("cbs", parents=[common], help="critical batch size from branch runs, batch warmup")
@@ -247,6 +286,10 @@ def _parser() -> argparse.ArgumentParser:
     cbs.add_argument("--max-sequences", type=int, help="largest batch (default: the largest B measured)")
     cbs.add_argument("--start-sequences", type=int, help="first batch (default: --granularity)")
     cbs.set_defaults(run=_cbs)
+
+    from analysis.cli_forecast import add_parser as add_forecast  # imports this module: registered late
+
+    add_forecast(sub, [common, scale], _positive)
     return parser
 
 

@@ -80,8 +80,12 @@ class Points:
 
 
 def training_runs(runs: pl.DataFrame) -> pl.DataFrame:
-    """Every run but the sweeps' parent runs (tag ``sweep_parent``), which train nothing."""
-    return runs.filter(pl.col(SWEEP_PARENT).is_null()) if SWEEP_PARENT in runs.columns else runs
+    """Every run but the sweeps' parent runs (tag ``sweep_parent``) and recorded forecasts (tag ``forecast_law``,
+    lab-fit forecast), which train nothing."""
+    for column in (SWEEP_PARENT, f"tag.{Tag.FORECAST}"):
+        if column in runs.columns:
+            runs = runs.filter(pl.col(column).is_null())
+    return runs
 
 
 def finished(runs: pl.DataFrame) -> pl.DataFrame:

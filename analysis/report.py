@@ -19,6 +19,8 @@ from analysis.fitting import FitResult
 from analysis.laws.cbs import BatchWarmupPlan, CbsFit
 from analysis.laws.hparams import HparamsPrediction, HparamsResult
 from analysis.laws.isoflop import Allocation, IsoflopResult
+from analysis.recipe import Recipe
+from analysis.sensitivity import Sensitivity
 
 Column = Union[str, tuple[str, str, str]]
 """A frame column to show, or (estimate, lo, hi) columns shown together as "estimate [lo, hi]"."""
@@ -135,6 +137,30 @@ def hparams_report(result: HparamsResult, prediction: HparamsPrediction | None =
                            [[prediction.form, interval(prediction.lr, *prediction.lr_ci95),
                              interval(prediction.B, *prediction.B_ci95)]], "prediction at the target"))
     return "\n\n".join(parts)
+
+
+def recipe_table(plan: Recipe) -> str:
+    """The recipe at the target with its intervals, and the lab-train overrides that realise it."""
+    ramp = "none" if plan.start_sequences is None else f"linear {plan.start_sequences} -> {plan.sequences} sequences"
+    rows = [["target", f"N={num(plan.N)} D={num(plan.D)} C={num(plan.C)} ({plan.form} form)"],
+            ["lr*", interval(plan.lr, *plan.lr_ci95)], ["B* (tokens)", interval(plan.B, *plan.B_ci95)],
+            [f"batch (sequences of {plan.seq_len})", str(plan.sequences)],
+            ["steps", f"{plan.steps} [{plan.steps_ci95[0]}, {plan.steps_ci95[1]}]"],
+            ["LR warmup", f"{num(plan.warmup_tokens)} tokens, {plan.warmup_steps} steps "
+                          f"[{plan.warmup_steps_ci95[0]}, {plan.warmup_steps_ci95[1]}]"],
+            ["batch warmup", ramp]]
+    return table(["recipe", "value [95% CI]"], rows, "recipe at the target") + \
+        "\nlab-train " + " ".join(plan.to_overrides())
+
+
+def sensitivity_table(sens: Sensitivity) -> str:
+    """Per forecast quantity: its value, the std and the worst relative change over leave-one-out refits."""
+    rows = [[r["quantity"], r["full"], f"{100 * r['std_rel']:.3g}%" if r["std_rel"] == r["std_rel"] else "n/a",
+             f"{100 * r['worst_rel']:+.3g}%" if r["worst_rel"] == r["worst_rel"] else "n/a",
+             str(r["worst_left_out"]), f"{r['n_refits']} ({r['n_failed']} failed)"]
+            for r in sens.summary.to_dicts()]
+    return table(["forecast", "full fit", "std", "worst", f"worst {sens.left_out} left out", "refits"], rows,
+                 f"sensitivity: the forecast refitted leaving one {sens.left_out} out (beside the 95% intervals)")
 
 
 def cbs_report(local: pl.DataFrame, curve: CbsFit, plan: BatchWarmupPlan | None) -> str:

@@ -141,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     with pl.Config(tbl_rows=50, float_precision=4, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         print(runs.select("run_name", "N", "D", "C", pl.col("loss").alias("val/loss")).sort("C", "N"))
     target = fit_and_report(runs, args.bootstrap, 10 * max(s.budgets))
+    from analysis.cli import main as lab_fit
+
+    print("\n== The forecast at 10x the largest budget, recorded (lab-fit forecast --check holds it to account) ==",
+          flush=True)
+    lab_fit(["forecast", "--tracking-uri", TRACKING_URI, "--experiment", EXPERIMENT, "--sweep", f"{s.prefix}-isoflop",
+             "--law", "loss", "--target-C", f"{10 * max(s.budgets):g}", "--bootstrap", str(args.bootstrap), "-q"])
     times["IsoFLOP"] = time.perf_counter() - t0
 
     L = s.landscape

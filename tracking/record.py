@@ -57,6 +57,11 @@ class Metric:
     GRAD_NORM: Final = "grad_norm"
     LEGACY_FLOPS: Final = "flops"
     """Written by stores before this vocabulary (module docstring); kept so old stores are recognised."""
+    FORECAST_PREFIX: Final = "forecast/"
+    """A forecast run's predicted quantities: ``forecast/<quantity>``, ``..._lo``, ``..._hi`` (95% interval)."""
+    REALISED_PREFIX: Final = "realised/"
+    FORECAST_ERROR_PREFIX: Final = "forecast_error/"
+    """A checked forecast: the landed run's value and realised / forecast − 1 per quantity."""
 
 
 class Param:
@@ -131,6 +136,17 @@ class Tag:
     OPTUNA_ROLE: Final = "optuna_role"
     OPTUNA_STORAGE: Final = "optuna_storage"
     OPTUNA_RETRY_OF: Final = "optuna_retry_of"
+    # --- forecasts recorded before the run they forecast (tracking.forecasts, lab-fit forecast)
+    FORECAST: Final = "forecast_law"
+    """Marks a forecast run (not a training run); its value is the law: loss, isoflop or hparams."""
+    FORECAST_TARGET: Final = "forecast_target"
+    """The target, e.g. ``N=1e+08,D=1e+10`` or ``C=1e+20``."""
+    FORECAST_RUNS_DIGEST: Final = "forecast_runs_digest"
+    """sha256 of the sorted run ids (and their fitted values) the forecast was fitted on."""
+    FORECAST_CHECKED_RUN: Final = "forecast_checked_run"
+    """The landed run a forecast was checked against."""
+    FORECAST_ERROR: Final = "forecast_error"
+    """Realised / forecast − 1 per quantity, as JSON, once checked."""
 
 
 class SweepStatus:
@@ -183,6 +199,8 @@ class Artifact:
     LAW: Final = "law.json"
     PLAN: Final = "plan.txt"
     """The step plan's batch changes and the LR factor each applies (schedules.describe_plan)."""
+    FORECAST: Final = "forecast.json"
+    """A forecast run's payload: law, target, predictions with intervals, sensitivity, fitted run ids."""
 
 
 class Checkpoint:

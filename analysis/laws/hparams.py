@@ -5,7 +5,11 @@ Per (N, D) cell the smoothed final loss over the (lr, B) grid is a convex bowl i
 - "convex": the vertex of a least-squares quadratic L ≈ c0 + g·u + ½·uᵀHu in u = (ln lr, ln B), when H is
   positive definite and the vertex lies inside the sampled box; otherwise the best observed configuration;
 - "plateau" (Step Law's recipe): the configurations within `tolerance` (0.25%) of the best loss form the
-  near-optimal plateau; its geometric-mean lr and B are the cell's optimum.
+  near-optimal plateau; its geometric-mean lr and B are the cell's optimum;
+- "joint" (`analysis.laws.hparams_joint`): one loss surface over all cells, a bowl in (ln lr, ln B) whose optimum
+  follows the Step-Law-form laws and whose curvature scales with N and D, fitted to every configuration near each
+  cell's optimum; the laws come from the surface directly, a cell's own optimum is the vertex of the fitted
+  bowl shape placed freely on that cell's configurations.
 Across cells, least squares in log space fits
     lr*(N, D) = c·N^α·D^β     and   B*(D) = c'·D^γ     (Step Law form; B in tokens),
     lr*(C) = c·C^e            and   B*(C) = c'·C^e'    (DeepSeek LLM form; C = 6·N·D FLOPs here),
@@ -23,8 +27,11 @@ import polars as pl
 from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 from scipy.spatial import QhullError
 
-from analysis.fitting import FitResult, bootstrap as bootstrap_draws
-from analysis.laws.loglinear import LawFitError, jsonable, loglinear_result, ols_log, prediction_interval
+from analysis.fitting import FitResult, bootstrap as bootstrap_draws, summarize_draws
+from analysis.laws.hparams_joint import (JOINT_NEAR, JointFit, JointFitError, Landscape, cell_optima, fit_joint,
+                                         select_near)
+from analysis.laws.loglinear import (LawFitError, power_predictor, jsonable, loglinear_result, ols_log,
+                                     prediction_interval)
 from analysis.validate import PointsError, check_points
 
 STEP_LAW_LR = (1.79, -0.713, 0.307)
@@ -40,7 +47,7 @@ DEEPSEEK_BATCH = (0.2920, 0.3271)
 PLATEAU_TOLERANCE = 0.0025
 """Configurations within 0.25% of the best smoothed final loss form the near-optimal plateau (Li et al. 2025)."""
 
-METHODS = ("convex", "plateau")
+METHODS = ("convex", "plateau", "joint")
 MIN_QUADRATIC_CONFIGS = 6  # a quadratic in two variables has 6 coefficients
 
 
@@ -203,16 +210,29 @@ def _interpolator(cell: _Cell):
     return at
 
 
-def _leave_one_out(cells: pl.DataFrame, raw: list[_Cell]) -> pl.DataFrame:
+def _landscape(raw: list[_Cell], near: float) -> Landscape:
+    return select_near([(c.N, c.D, c.x, c.y, c.loss) for c in raw], near=near)
+
+
+def _joint_theta(land: Landscape, rest: np.ndarray) -> np.ndarray:
+    """[ln c, α, β, ln c', γ] of the joint surface fitted to cells `rest`; NaN where they cannot determine it."""
+    try:
+        return fit_joint(land.subset(np.flatnonzero(rest))).law()
+    except JointFitError:
+        return np.full(5, np.nan)
+
+
+def _leave_one_out(cells: pl.DataFrame, raw: list[_Cell], land: Landscape | None) -> pl.DataFrame:
     lN, lD, lC = _log_inputs(cells)
     interp = [_interpolator(c) for c in raw]
     rows = []
     for m in METHODS:
         llr, lB = np.log(cells[f"lr_{m}"].to_numpy()), np.log(cells[f"B_{m}"].to_numpy())
         regret, e_lr, e_B = [], [], []
-        for i in range(cells.height):
+        for i in range(cells.height if m != "joint" or land is not None else 0):
             rest = np.arange(cells.height) != i
-            t = _theta(lN[rest], lD[rest], lC[rest], llr[rest], lB[rest])
+            t = (_joint_theta(land, rest) if m == "joint"
+                 else _theta(lN[rest], lD[rest], lC[rest], llr[rest], lB[rest]))
             if not np.isfinite(t[:5]).all():
                 continue  # the other cells cannot determine the laws (e.g. i held the only second N)
             p_lr = t[0] + t[1] * lN[i] + t[2] * lD[i]
@@ -228,17 +248,56 @@ def _leave_one_out(cells: pl.DataFrame, raw: list[_Cell]) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def _joint_columns(cells: pl.DataFrame, raw: list[_Cell], near: float, method: str
+                   ) -> tuple[pl.DataFrame, Landscape | None, JointFit | None]:
+    """cells with lr_joint, B_joint (NaN when the joint surface cannot be fitted and method is not "joint")."""
+    try:
+        land = _landscape(raw, near)
+        joint = fit_joint(land)
+    except JointFitError:
+        if method == "joint":
+            raise
+        return cells.with_columns(lr_joint=pl.lit(float("nan")), B_joint=pl.lit(float("nan"))), None, None
+    opt = np.exp(cell_optima(joint, land))
+    return cells.with_columns(lr_joint=pl.Series(opt[:, 0]), B_joint=pl.Series(opt[:, 1])), land, joint
+
+
+def _joint_results(joint: JointFit, lN: np.ndarray, lD: np.ndarray, llr: np.ndarray, lB: np.ndarray
+                   ) -> tuple[FitResult, FitResult]:
+    """Step-Law-form FitResults from the joint surface; residuals are each cell's own vertex minus the law."""
+    law, draws = joint.law(), joint.draws.copy()
+    draws[:, [0, 3]] = np.exp(draws[:, [0, 3]])
+    out = []
+    for form, inputs, names, cols, X, y in (
+            ("lr* = coef·N^exp_N·D^exp_D (joint surface)", ("N", "D"), ("coef", "exp_N", "exp_D"), [0, 1, 2],
+             np.column_stack([lN, lD]), llr),
+            ("B* = coef·D^exp_D (joint surface, B in tokens)", ("D",), ("coef", "exp_D"), [3, 4], lD[:, None], lB)):
+        theta = law[cols]
+        stderr, ci95 = summarize_draws(names, draws[:, cols])
+        out.append(FitResult(
+            form=form, params={names[0]: float(np.exp(theta[0])), **dict(zip(names[1:], map(float, theta[1:])))},
+            stderr=stderr, ci95=ci95, objective=joint.cost, n_points=joint.n_configs, inputs=inputs,
+            n_resamples=int(draws.shape[0]), n_failed_resamples=int((~np.isfinite(draws[:, cols]).all(1)).sum()),
+            residuals=y - (theta[0] + X @ theta[1:]), draws=draws[:, cols], predictor=power_predictor))
+    return out[0], out[1]
+
+
 def fit_hparams(df: pl.DataFrame, method: str = "auto", tolerance: float = PLATEAU_TOLERANCE,
                 bootstrap: int = 1000, seed: int = 0, fit_within: float | None = None,
-                min_cells: int = 4) -> HparamsResult:
+                min_cells: int = 4, near: float = JOINT_NEAR, loo: bool = True) -> HparamsResult:
     """Fit lr*(N, D), B*(D), lr*(C), B*(C) from an lr x B grid per (N, D) cell (see `landscape_cells`).
 
-    method: "convex", "plateau" or "auto" (lowest leave-one-cell-out mean regret; ties go to "convex").
+    method: "convex", "plateau", "joint" or "auto" (lowest leave-one-cell-out mean regret among the three;
+    ties go to the earlier of convex, plateau, joint). near: the joint fit's selection of configurations
+    (relative loss excess of a cell's best; `analysis.laws.hparams_joint`).
     Needs >= min_cells cells with >= 2 distinct N and >= 2 distinct D. Intervals: `bootstrap` resamples of
-    cells (percentile 95%).
+    cells (percentile 95%); for "joint" the surface is refitted to each resample. loo=False skips the
+    leave-one-cell-out table (for refits that only need the laws; method must then not be "auto").
     """
     if method not in ("auto", *METHODS):
-        raise ValueError(f"method must be 'auto', 'convex' or 'plateau', got {method!r}")
+        raise ValueError(f"method must be 'auto', 'convex', 'plateau' or 'joint', got {method!r}")
+    if method == "auto" and not loo:
+        raise ValueError("method='auto' chooses by the leave-one-cell-out table; keep loo=True or name a method")
     raw = _cells(df)
     cells = pl.DataFrame([_cell_row(c, tolerance, fit_within) for c in raw]) if raw else pl.DataFrame()
     n_N, n_D = (cells["N"].n_unique(), cells["D"].n_unique()) if raw else (0, 0)
@@ -247,26 +306,34 @@ def fit_hparams(df: pl.DataFrame, method: str = "auto", tolerance: float = PLATE
             f"{len(raw)} (N, D) cells with {n_N} distinct N and {n_D} distinct D; lr*(N, D) = c·N^α·D^β needs at "
             f"least {min_cells} cells with >= 2 distinct N and >= 2 distinct D; sweep the lr x B grid at more "
             "model sizes and token budgets")
-    loo = _leave_one_out(cells, raw)
+    cells, land, joint = _joint_columns(cells, raw, near, method)
+    loo_table = _leave_one_out(cells, raw, land) if loo else pl.DataFrame(
+        schema={"method": pl.String, "n_cells": pl.Int64, "mean_regret": pl.Float64, "rms_log_lr": pl.Float64,
+                "rms_log_B": pl.Float64})
     if method == "auto":
-        score = {m: r if np.isfinite(r) else np.inf for m, r in zip(loo["method"], loo["mean_regret"])}
-        method = "plateau" if score["plateau"] < score["convex"] else "convex"
+        score = {m: r if np.isfinite(r) else np.inf for m, r in zip(loo_table["method"], loo_table["mean_regret"])}
+        method = min(METHODS, key=lambda m: score[m])  # min keeps the first of equal scores
     cells = cells.with_columns(lr_opt=pl.col(f"lr_{method}"), B_opt=pl.col(f"B_{method}"))
     lN, lD, lC = _log_inputs(cells)
     llr, lB = np.log(cells["lr_opt"].to_numpy()), np.log(cells["B_opt"].to_numpy())
     draws = bootstrap_draws(lambda idx: _theta(lN[idx], lD[idx], lC[idx], llr[idx], lB[idx]), cells.height,
                             max(int(bootstrap), 0), seed, n_jobs=1)
     draws = draws if draws.size else np.empty((0, 9))
+    if method == "joint":
+        joint = fit_joint(land, bootstrap=max(int(bootstrap), 0), seed=seed)
+        lr_law, batch_law = _joint_results(joint, lN, lD, llr, lB)
+    else:
+        lr_law = loglinear_result("lr* = coef·N^exp_N·D^exp_D (Step Law form)", ("N", "D"),
+                                  np.column_stack([lN, lD]), llr, draws[:, 0:3])
+        batch_law = loglinear_result("B* = coef·D^exp_D (Step Law form, B in tokens)", ("D",), lD, lB,
+                                     draws[:, 3:5], names=("coef", "exp_D"))
     return HparamsResult(
-        lr=loglinear_result("lr* = coef·N^exp_N·D^exp_D (Step Law form)", ("N", "D"),
-                            np.column_stack([lN, lD]), llr, draws[:, 0:3]),
-        batch=loglinear_result("B* = coef·D^exp_D (Step Law form, B in tokens)", ("D",), lD, lB, draws[:, 3:5],
-                               names=("coef", "exp_D")),
+        lr=lr_law, batch=batch_law,
         deepseek_lr=loglinear_result("lr* = coef·C^exp_C (DeepSeek form)", ("C",), lC, llr, draws[:, 5:7],
                                      names=("coef", "exp_C")),
         deepseek_batch=loglinear_result("B* = coef·C^exp_C (DeepSeek form, B in tokens)", ("C",), lC, lB,
                                         draws[:, 7:9], names=("coef", "exp_C")),
-        cells=cells, method=method, loo=loo, tolerance=tolerance)
+        cells=cells, method=method, loo=loo_table, tolerance=tolerance)
 
 
 def predict_hparams(result: HparamsResult, N: float | None = None, D: float | None = None,

@@ -35,7 +35,7 @@ def param_names(inputs: Sequence[str]) -> tuple[str, ...]:
     return ("coef", "exp") if len(inputs) == 1 else ("coef", *(f"exp_{s}" for s in inputs))
 
 
-def _predictor(params: dict[str, float], *x: Any) -> np.ndarray:
+def power_predictor(params: dict[str, float], *x: Any) -> np.ndarray:
     exps = [v for k, v in params.items() if k != "coef"]
     out = np.asarray(params["coef"], dtype=float)
     for e, xi in zip(exps, x):
@@ -64,7 +64,7 @@ def loglinear_result(form: str, inputs: Sequence[str], log_X: np.ndarray, log_y:
         form=form, params=params, stderr=stderr, ci95=ci95, objective=float(np.sum(residuals ** 2)),
         n_points=int(log_X.shape[0]), inputs=tuple(inputs), condition_number=float(np.linalg.cond(design)),
         n_resamples=int(draws.shape[0]), n_failed_resamples=int((~np.isfinite(draws).all(axis=1)).sum()),
-        residuals=residuals, draws=draws, predictor=_predictor)
+        residuals=residuals, draws=draws, predictor=power_predictor)
 
 
 def prediction_interval(fit: FitResult, *inputs: Any, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -37,7 +37,7 @@ points = chosen.points.frame if chosen else ui.read_table(source, ("N", "D", "lr
 c1, c2, c3 = st.columns(3)
 tolerance = c1.number_input("Plateau: within this fraction of the best loss", 0.0001, 0.5, PLATEAU_TOLERANCE,
                             step=0.0005, format="%.4f", key="hp_tolerance")
-method = c2.selectbox("Optimum per cell", ["auto", "convex", "plateau"], key="hp_method",
+method = c2.selectbox("Optimum per cell", ["auto", "convex", "plateau", "joint"], key="hp_method",
                       help="auto: the method whose laws predict held-out cells best")
 bootstrap = int(c3.number_input("Bootstrap", 0, 4000, 200, step=100, key="hp_bootstrap"))
 if chosen is not None:
