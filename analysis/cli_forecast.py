@@ -87,8 +87,10 @@ def _fit(args: argparse.Namespace, df: pl.DataFrame, target: dict[str, float], s
     return {"loss": _pred(est, lo, hi)}, sens, {"params": fit.params}
 
 
-def _experiment(df: pl.DataFrame) -> str:
-    ids = sorted(set(df["experiment_id"].to_list()))
+def _experiment(args: argparse.Namespace, df: pl.DataFrame) -> str:
+    """The experiment of the fitted runs (the points frame names runs; their experiments come from the store)."""
+    runs = store_runs(args).join(df.select("run_id"), on="run_id", how="semi")
+    ids = sorted(set(runs["experiment_id"].to_list()))
     if len(ids) != 1:
         raise CliError(f"the fitted runs span {len(ids)} experiments {ids}; choose one with --experiment, so the "
                        "forecast is recorded beside its runs")
@@ -105,7 +107,7 @@ def _record(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     payload = jsonable({"law": args.law, "target": target, "target_label": label, "predictions": preds,
                         "sensitivity": [s.to_dict() for s in sens], "runs": ids,
                         "runs_digest": runs_digest(ids, df["loss"].to_list()), "bootstrap": args.bootstrap, **extra})
-    run_id = record_forecast(args.tracking_uri, _experiment(df), payload)
+    run_id = record_forecast(args.tracking_uri, _experiment(args, df), payload)
     rows = [[q, report.interval(p["value"], p["lo"], p["hi"])] for q, p in preds.items()]
     print(report.table(["quantity", "forecast [95% CI]"], rows, f"forecast {run_id} ({args.law} at {label}), "
                        f"fitted on {len(ids)} runs"))

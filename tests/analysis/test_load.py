@@ -135,8 +135,8 @@ def test_runs_frame_values(study):
     assert math.isnan(failed["final_val_loss"]) and failed["steps"] == 150
     assert failed["best_val_loss"] == pytest.approx(train_loss(2e5, 100) + 0.05)  # NaN rows ignored
 
-    summary = by_name["summary"]  # no tokens/flops metrics: D and C come from summary.json
-    assert (summary["D"], summary["C"]) == (51200, 3.1e10)
+    summary = by_name["summary"]  # no tokens metric: D comes from summary.json, and C = 6·N·D from it
+    assert summary["D"] == 51200 and summary["C"] == 6 * summary["N"] * 51200
     assert summary["tag.note"] == "no tokens"
     assert by_name["parent"]["loss"] is None and by_name["parent"]["C"] is None
 
@@ -174,14 +174,15 @@ def test_filter_by_experiment_and_tags(study):
         load_runs(study.uri, "nope")
 
 
-def test_curves_join_tokens_and_flops(study):
+def test_curves_join_tokens_and_compute(study):
     curves = load_curves(study.uri, "ladder", metrics=["val/loss"])
-    assert curves.columns == ["run_id", "metric", "step", "value", "timestamp", "tokens", "flops"]
+    assert curves.columns == ["run_id", "metric", "step", "value", "timestamp", "tokens", "C", "model_flops"]
     assert curves["metric"].unique().to_list() == ["val/loss"]
     small = curves.filter(pl.col("run_id") == study.ids["small"])
     assert small["step"].to_list() == [50, 100, 150, 200]
     assert small["tokens"].to_list() == [B_TOKENS * s for s in (50, 100, 150, 200)]
-    assert small["flops"].to_list() == [6.0 * 1e5 * B_TOKENS * s for s in (50, 100, 150, 200)]
+    assert small["C"].to_list() == [6.0 * 1e5 * B_TOKENS * s for s in (50, 100, 150, 200)], "C = 6·N·tokens"
+    assert small["model_flops"].null_count() == 4, "the legacy flops metric is not model FLOPs"
     no_tokens = curves.filter(pl.col("run_id") == study.ids["summary"])
     assert no_tokens.height == 4 and no_tokens["tokens"].null_count() == 4
     failed = curves.filter(pl.col("run_id") == study.ids["failed"])
@@ -253,16 +254,18 @@ def test_curves_read_in_parallel_blocks_match_between_paths(new_sqlite_store, tm
     assert one["tokens"].to_list() == [99.5] * 5  # the largest value of the latest timestamp
     x_only = load_curves(uri, "many", metrics=["x"], path="sql")
     assert_frame_equal(x_only, load_curves(uri, "many", metrics=["x"], path="client"))
-    assert x_only["flops"].null_count() == x_only.height and x_only["tokens"].null_count() == 7
+    assert x_only["model_flops"].null_count() == x_only.height and x_only["tokens"].null_count() == 7
+    assert x_only["C"].null_count() == x_only.height, "no N param: no C"
 
 
 def reference_curves(raw: RawCurves) -> pl.DataFrame:
     """assemble_curves written plainly: a multi-column sort and joins on (run_id, step)."""
     rows = raw.rows.with_columns(run_id=pl.Series(raw.run_ids).gather(raw.rows["run"])).drop("run")
     rows = rows.sort(["run_id", "metric", "step", "timestamp", "value"])
-    lookup = rows.filter(pl.col("metric").is_in(["tokens", "flops"])).unique(["run_id", "metric", "step"],
-                                                                            keep="last")
-    for key in ("tokens", "flops"):
+    lookup = rows.filter(pl.col("metric").is_in(["tokens", "model_flops"])).unique(["run_id", "metric", "step"],
+                                                                                  keep="last")
+    rows = rows.with_columns(C=pl.lit(None, dtype=pl.Float64))  # the runs have no N param
+    for key in ("tokens", "model_flops"):
         column = lookup.filter(pl.col("metric") == key).select("run_id", "step", pl.col("value").alias(key))
         rows = rows.join(column, on=["run_id", "step"], how="left", maintain_order="left")
     rows = rows.with_columns(pl.from_epoch("timestamp", time_unit="ms").dt.replace_time_zone("UTC"))
@@ -277,7 +280,7 @@ def test_assembled_curves_match_a_plain_sort_and_join(steps):
             "beyond 2^62": rng.choice(np.array([-(2**62), 0, 5, 2**62]), n)}[steps]
     rows = pl.DataFrame({
         "run": rng.integers(0, n_runs, n).astype(np.uint32),
-        "metric": rng.choice(np.array(["tokens", "flops", "train/loss", "val/loss", "lr"]), n),
+        "metric": rng.choice(np.array(["tokens", "model_flops", "train/loss", "val/loss", "lr"]), n),
         "step": step, "value": np.where(rng.random(n) < 0.05, np.nan, rng.integers(0, 4, n) * 0.5),
         "timestamp": T0 + rng.integers(0, 3, n),  # many ties of (run, metric, step, timestamp)
     })
