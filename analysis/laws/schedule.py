@@ -137,6 +137,13 @@ class ScheduleFit:
     n_failed_resamples: int = 0
     draws: np.ndarray = field(default_factory=lambda: np.empty((0, 0)), repr=False, compare=False)
 
+    @classmethod
+    def of(cls, form: str, params: Mapping[str, float], lr_ref: float = 1.0,
+           momentum: float = sf.ANNEALING_MOMENTUM) -> "ScheduleFit":
+        """A law with given parameters and no data behind it (e.g. read back from a fit's JSON), to predict with."""
+        _law(form)
+        return cls(form, dict(params), {}, {}, (), {}, float("nan"), 0, float("nan"), lr_ref, momentum)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (the draws left out)."""
         return {"form": self.form, "params": self.params, "stderr": self.stderr,
