@@ -6,6 +6,7 @@
     lab-fit isoflop --tracking-uri sqlite:///mlflow.db --sweep isoflop-1 --target-C 1e18 --out iso.json
     lab-fit hparams --input landscape.csv --method auto --target-N 1e8 --target-D 2e9 --out hp.json
     lab-fit cbs --input branches.csv --seq-len 256 --total-tokens 2e9 --out cbs.json
+    lab-fit schedule --input curves.csv --fit-runs cosine constant two-stage --predict-out pred.csv  (cli_schedule)
 
 Runs come from --input, a CSV or Parquet table (`analysis.load.load_table`, design §4 column names), or from
 --tracking-uri, an MLflow store (`analysis.load.load_runs`) narrowed by --experiment and --sweep (tag sweep=ID):
@@ -37,7 +38,7 @@ from typing import Any
 
 import polars as pl
 
-from analysis import report
+from analysis import cli_schedule, report
 from analysis.cli_input import CliError, Progress, complete, frame, store_runs
 from analysis.extrapolate import holdout_check
 from analysis.laws.cbs import CBS_TOLERANCE, fit_cbs_curve, local_cbs, propose_batch_warmup
@@ -238,6 +239,7 @@ def _parser() -> argparse.ArgumentParser:
     cbs.add_argument("--max-sequences", type=int, help="largest batch (default: the largest B measured)")
     cbs.add_argument("--start-sequences", type=int, help="first batch (default: --granularity)")
     cbs.set_defaults(run=_cbs)
+    cli_schedule.add_parser(sub, common)  # lab-fit schedule: analysis/cli_schedule.py
     return parser
 
 
