@@ -163,15 +163,8 @@ def _inputs(curves: Sequence[Curve], lr_ref: float, momentum: float, quadrature:
         s2.append(sf.annealing_area(lr, momentum)[c.steps] * (1.0 - momentum))
         if quadrature:
             quads.append(sf.decay_quadrature(lr, c.steps, width))
-    if not quadrature:
-        empty = np.zeros((sum(c.steps.size for c in curves), 1))
-        return sf.CurveInputs(np.concatenate(log_area), np.concatenate(s2), sf.Quadrature(empty, empty, empty))
-    n_cells = max(q.weight.shape[1] for q in quads)
-    pad = [sf.Quadrature(*(np.pad(a, ((0, 0), (0, n_cells - a.shape[1]))) for a in (q.weight, q.log_lr, q.log_area)))
-           for q in quads]
-    return sf.CurveInputs(np.concatenate(log_area), np.concatenate(s2),
-                          sf.Quadrature(*(np.concatenate([getattr(q, n) for q in pad])
-                                          for n in ("weight", "log_lr", "log_area"))))
+    quad = sf.Quadrature.concat(quads) if quadrature else sf.Quadrature(*(np.zeros(0),) * 3, *(np.zeros(0, int),) * 2)
+    return sf.CurveInputs(np.concatenate(log_area), np.concatenate(s2), quad)
 
 
 def _law(form: str):

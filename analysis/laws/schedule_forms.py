@@ -79,14 +79,27 @@ def annealing_area(lr: np.ndarray, momentum: float = ANNEALING_MOMENTUM) -> np.n
 
 @dataclass(frozen=True)
 class Quadrature:
-    """The decay term of one curve at its measured steps, grouped into cells (module docstring).
+    """The decay term of curves at their measured points, grouped into cells (module docstring), flat over points.
 
-    weight (M, J): Σ d_k of the cell (0 pads a row); log_lr, log_area (M, J): the cell's node ln η̂_k, ln Ŝ_k(t).
+    weight (J,): Σ d_k of the cell; log_lr, log_area (J,): the cell's node ln η̂_k, ln Ŝ_k(t); owner (J,): the index
+    of the point the cell belongs to, non-decreasing; starts (n,): each point's first cell (every point has at least
+    one, of weight 0 where no decay step precedes it), so `np.add.reduceat(x, starts)` sums cells per point.
     """
 
     weight: np.ndarray
     log_lr: np.ndarray
     log_area: np.ndarray
+    owner: np.ndarray
+    starts: np.ndarray
+
+    @staticmethod
+    def concat(parts: list["Quadrature"]) -> "Quadrature":
+        """The cells of several curves, their points numbered one after the other."""
+        points = np.cumsum([0] + [q.starts.size for q in parts])
+        cells = np.cumsum([0] + [q.weight.size for q in parts])
+        return Quadrature(*(np.concatenate([getattr(q, n) for q in parts]) for n in ("weight", "log_lr", "log_area")),
+                          np.concatenate([q.owner + p for q, p in zip(parts, points)]),
+                          np.concatenate([q.starts + c for q, c in zip(parts, cells)]))
 
 
 def decay_quadrature(lr: np.ndarray, steps: np.ndarray, width: float = QUADRATURE_WIDTH) -> Quadrature:
@@ -105,12 +118,10 @@ def decay_quadrature(lr: np.ndarray, steps: np.ndarray, width: float = QUADRATUR
             stop += 1
         rows.extend(_cells(d, ks, area, log_lr_k, bin_lr, steps[start:stop], counts[start:stop], width))
         start = stop
-    n_cells = max((r[0].size for r in rows), default=0)
-    out = [np.zeros((steps.size, max(n_cells, 1))) for _ in range(3)]
-    for i, row in enumerate(rows):
-        for arr, values in zip(out, row):
-            arr[i, :values.size] = values
-    return Quadrature(*out)
+    rows = [r if r[0].size else (np.zeros(1), np.zeros(1), np.zeros(1)) for r in rows]
+    sizes = np.array([r[0].size for r in rows], dtype=np.int64)
+    flat = [np.concatenate([r[j] for r in rows]) if rows else np.zeros(0) for j in range(3)]
+    return Quadrature(*flat, np.repeat(np.arange(steps.size), sizes), np.cumsum(sizes) - sizes)
 
 
 def _cells(d: np.ndarray, ks: np.ndarray, area: np.ndarray, log_lr_k: np.ndarray, bin_lr: np.ndarray,
@@ -144,7 +155,7 @@ ANNEALING_FIT = ("L0", "ln_A", "alpha", "C")
 class CurveInputs:
     """Every measured point of the fitted curves, concatenated: ln of the LR area Σ_{τ≤t} η̂_τ (n,), the
     annealing area S2·(1 − λ) (n,; at most the total drop of η̂, so its coefficient is of order one) and the
-    multi-power quadrature cells (n, J)."""
+    multi-power quadrature cells."""
 
     log_area: np.ndarray
     s2: np.ndarray
@@ -156,26 +167,23 @@ def multi_power_log_predict(theta: np.ndarray, x: CurveInputs):
     L0, ln_a, alpha, ln_b, ln_c, beta, gamma = (theta[:, i, None] for i in range(7))
     power = np.exp(ln_a - alpha * x.log_area)  # A'·Ŝ^(−α), (S, n)
     q = x.quad
-    lx = ln_c[..., None] - gamma[..., None] * q.log_lr + q.log_area  # ln(C'·η̂^(−γ)·Ŝ), (S, n, J)
+    lx = ln_c - gamma * q.log_lr + q.log_area  # ln(C'·η̂^(−γ)·Ŝ) of every cell, (S, J)
     cx = np.exp(np.minimum(lx, 700.0))
     log_u = np.log1p(cx)
-    u_beta = np.exp(-beta[..., None] * log_u)  # (C'x + 1)^(−β)
-    wg = q.weight * (1.0 - u_beta)
+    u_beta = np.exp(-beta * log_u)  # (C'x + 1)^(−β)
     b = np.exp(ln_b)
-    decay = b * wg.sum(axis=2)
+    decay = b * np.add.reduceat(q.weight * (1.0 - u_beta), q.starts, axis=1)  # (S, n)
     loss = L0 + power - decay
     with np.errstate(invalid="ignore", divide="ignore"):
         pred = np.where(loss > 0, np.log(np.maximum(loss, 1e-300)), np.nan)
 
     def vjp(w: np.ndarray) -> np.ndarray:
         r = w / loss  # d ln L = dL / L
-        dg_dlx = q.weight * beta[..., None] * u_beta * cx / (1.0 + cx)  # ∂(w·G)/∂ ln(C'x)
-        dg_dbeta = q.weight * u_beta * log_u
-        rb = r * b
+        rb = (r * b)[:, q.owner]  # (S, J): each cell's point
+        dg_dlx = rb * q.weight * beta * u_beta * cx / (1.0 + cx)  # ∂(w·G)/∂ ln(C'x)
         return np.stack([
             r.sum(1), (r * power).sum(1), -(r * power * x.log_area).sum(1), -(r * decay).sum(1),
-            -(rb * dg_dlx.sum(2)).sum(1), -(rb * dg_dbeta.sum(2)).sum(1),
-            (rb * (dg_dlx * q.log_lr).sum(2)).sum(1),
+            -dg_dlx.sum(1), -(rb * q.weight * u_beta * log_u).sum(1), (dg_dlx * q.log_lr).sum(1),
         ], axis=1)
 
     return pred, vjp
