@@ -168,6 +168,8 @@ class Artifact:
     CONFIG: Final = "config.yaml"
     DESIGN: Final = "design.json"
     LAW: Final = "law.json"
+    LR_TABLE: Final = "lr_table.csv"
+    """A run with optim.schedule=table: the tabulated LR schedule it trained with (fraction, lr_multiplier)."""
 
 
 class Checkpoint:
