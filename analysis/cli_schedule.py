@@ -33,6 +33,7 @@ from analysis.cli_input import CliError, Progress, store_runs
 from analysis.laws import schedule_forms as sf
 from analysis.laws.schedule import (Curve, ScheduleFit, curves_from_frame, fit_schedule, predict_curve,
                                     relative_errors, select_runs)
+from analysis.laws.schedule_choose import ScheduleChoice, choose_schedule, write_lr_table
 from analysis.load import load_curves, load_table
 from tracking.record import Metric
 
@@ -52,13 +53,20 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--points", type=int, default=200, help="store: at most this many points per run")
     p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log loss")
     p.add_argument("--predict-out", metavar="P.csv", help="write run_id, step, loss, predicted, fitted")
+    p.add_argument("--choose-steps", type=int, metavar="S", help="choose the schedule of S steps minimising the "
+                   "predicted final loss (compared with cosine and WSD)")
+    p.add_argument("--peak-lr", type=float, help="choice: peak lr (default: the fitted runs' peak)")
+    p.add_argument("--warmup", type=int, metavar="STEPS", help="choice: warmup steps (default: the first fitted run's)")
+    p.add_argument("--table-out", metavar="T.csv", help="choice: write it for lab-train optim.schedule=table "
+                   "optim.table=T.csv (with optim.lr = --peak-lr and the same number of steps)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
-    if args.predict_out is not None and not Path(args.predict_out).parent.is_dir():
-        raise CliError(f"--predict-out {args.predict_out}: directory {Path(args.predict_out).parent} does not exist; "
-                       "create it or choose another path")
+    for flag, path in (("--predict-out", args.predict_out), ("--table-out", args.table_out)):
+        if path is not None and not Path(path).parent.is_dir():
+            raise CliError(f"{flag} {path}: directory {Path(path).parent} does not exist; create it or choose "
+                           "another path")
     if args.input is not None:
         say(f"reading {args.input}")
         curves = curves_from_frame(load_table(args.input, required=("run_id", "step", "lr", "loss")))
@@ -83,8 +91,29 @@ def run(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     if args.predict_out is not None:
         pl.concat(predictions).write_csv(args.predict_out)
         say(f"wrote {args.predict_out}")
+    choice = _choose(args, fit, fitted[0], say) if args.choose_steps else None
     return {**fit.to_dict(), "formula": FORMULAS[fit.form], "metric": None if args.input else args.metric,
-            "runs": rows}
+            "runs": rows, "choice": choice.to_dict() if choice else None}
+
+
+def _choose(args: argparse.Namespace, fit: ScheduleFit, first: Curve, say: Progress) -> ScheduleChoice:
+    peak = args.peak_lr or fit.lr_ref
+    at_peak = int(np.argmax(first.lr >= first.lr.max()))  # lab: step k of a warmup of W steps has lr (k+1)/W·peak
+    warmup = args.warmup if args.warmup is not None else (at_peak + 1 if at_peak else 0)
+    say(f"choosing the schedule of {args.choose_steps} steps (peak lr {peak:g}, warmup {warmup} steps) that "
+        "minimises the predicted final loss")
+    try:
+        choice = choose_schedule(fit, args.choose_steps, peak, warmup)
+    except ValueError as err:
+        raise CliError(f"--choose-steps/--peak-lr/--warmup: {err}") from err
+    print("\n" + report.table(["schedule", "predicted final loss"], list(choice.predicted_final.items()),
+                              f"schedules of {choice.steps} steps, peak lr {peak:g}, warmup {warmup}"))
+    print(report.table(["fraction of tokens", "lr multiplier"], list(zip(choice.fractions, choice.multipliers)),
+                       "chosen schedule"), flush=True)
+    if args.table_out:
+        write_lr_table(choice, args.table_out)
+        say(f"wrote {args.table_out}: lab-train optim.schedule=table optim.table={args.table_out} optim.lr={peak:g}")
+    return choice
 
 
 def _report(fit: ScheduleFit, rows: list[dict[str, Any]]) -> str:

@@ -65,6 +65,17 @@ def test_fit_three_schedules_from_a_csv_and_predict_the_fourth(curves_csv, tmp_p
     assert "alpha" in stdout and "wsd" in stdout and "max rel err %" in stdout
 
 
+def test_choose_a_schedule_and_write_its_table(curves_csv, tmp_path, capsys):
+    out, table = tmp_path / "fit.json", tmp_path / "chosen.csv"
+    code, stdout, err = run(["schedule", "--input", curves_csv, "--fit-runs", "cosine", "constant", "two-stage",
+                             "--bootstrap", "0", "--choose-steps", STEPS, "--table-out", table, "--out", out], capsys)
+    assert code == 0, err
+    choice = json.loads(out.read_text())["choice"]
+    assert choice["warmup"] == WARMUP and choice["peak_lr"] == pytest.approx(PEAK)
+    assert choice["predicted_final"]["chosen"] < choice["predicted_final"]["cosine"]
+    assert pl.read_csv(table).columns == ["fraction", "lr_multiplier"] and "chosen schedule" in stdout
+
+
 def test_annealing_form(curves_csv, capsys):
     code, stdout, err = run(["schedule", "--input", curves_csv, "--fit-runs", "cosine", "constant", "two-stage",
                              "--form", "annealing", "--bootstrap", "0"], capsys)
