@@ -31,7 +31,7 @@ import polars as pl
 from analysis import report
 from analysis.cli_input import CliError, Progress, store_runs
 from analysis.laws import schedule_forms as sf
-from analysis.laws.schedule import (Curve, ScheduleFit, curves_from_frame, fit_schedule, predict_curve,
+from analysis.laws.schedule import (SCHEMA, Curve, ScheduleFit, curves_from_frame, fit_schedule, predict_curve,
                                     relative_errors, select_runs)
 from analysis.laws.schedule_choose import ScheduleChoice, choose_schedule, write_lr_table
 from analysis.load import load_curves, load_table
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
                            "another path")
     if args.input is not None:
         say(f"reading {args.input}")
-        curves = curves_from_frame(load_table(args.input, required=("run_id", "step", "lr", "loss")))
+        curves = curves_from_frame(load_table(args.input, required=SCHEMA))
         names = {r: r for r in curves}
     else:
         curves, names = _store_curves(args, say)
@@ -192,7 +192,8 @@ def _smoothed(step: np.ndarray, loss: np.ndarray, lr_table: pl.DataFrame, window
     frame = pl.DataFrame({"step": step, "loss": loss}).join(lr_table.select("step", "lr"), on="step", how="left")
     roll = dict(window_size=window, min_samples=1, center=True)
     frame = frame.with_columns(pl.col("loss").rolling_mean(**roll).alias("smooth"),
-                               pl.col("lr").rolling_max(**roll).alias("hi"), pl.col("lr").rolling_min(**roll).alias("lo"))
+                               pl.col("lr").rolling_max(**roll).alias("hi"),
+                               pl.col("lr").rolling_min(**roll).alias("lo"))
     flat = frame.filter(pl.col("hi").is_null() | (pl.col("hi") <= 1.1 * pl.col("lo")))
     return flat["step"].to_numpy(), flat["smooth"].to_numpy()
 

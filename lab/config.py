@@ -117,7 +117,8 @@ class OptimConfig:
     decay_shape: str = "linear"
     table: Optional[str] = None
     """schedule=table: CSV with columns fraction (of the run's tokens, 0..1), lr_multiplier (of lr), warmup
-    included; lab-train interpolates linearly and records the file as a run artifact (tracking.record.Artifact.LR_TABLE)."""
+    included; lab-train interpolates linearly and records the file as a run artifact
+    (tracking.record.Artifact.LR_TABLE)."""
 
     def __post_init__(self) -> None:
         if self.schedule == "table" or self.table is not None:

@@ -14,6 +14,7 @@ import pytest
 from analysis.cli import main
 from analysis.laws import schedule_forms as sf
 from analysis.laws.schedule_shapes import lr_sequence
+from tracking.record import Metric
 
 STEPS, WARMUP, PEAK = 1000, 20, 3e-4 * 24
 TRUE = dict(L0=2.5, A=0.6, alpha=0.45, B=400.0 / 24, C=2.0 * 24 ** (0.6 - 1), beta=0.6, gamma=0.6)
@@ -133,7 +134,7 @@ def test_fit_lab_train_runs_from_the_store(schedule_store, tmp_path, capsys):
     pred = tmp_path / "pred.csv"
     fit = [ids["cosine"], ids["constant"]]
     code, stdout, err = run(["schedule", "--tracking-uri", schedule_store, "--sweep", "schedules", "--fit-runs", *fit,
-                             "--metric", "train/loss", "--form", "annealing", "--smooth", "9", "--bootstrap", "5",
+                             "--metric", Metric.TRAIN_LOSS, "--form", "annealing", "--smooth", "9", "--bootstrap", "5",
                              "--predict-out", pred], capsys)
     assert code == 0, err
     assert "skipping 1 runs" in err  # the batch ramp

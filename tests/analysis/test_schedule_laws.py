@@ -6,8 +6,8 @@ import polars as pl
 import pytest
 
 from analysis.laws import schedule_forms as sf
-from analysis.laws.schedule import (Curve, ScheduleFit, ScheduleInputError, curves_from_frame, fit_schedule, predict_curve,
-                                    relative_errors, select_runs)
+from analysis.laws.schedule import (Curve, ScheduleFit, ScheduleInputError, curves_from_frame, fit_schedule,
+                                    predict_curve, relative_errors, select_runs)
 from analysis.laws.schedule_shapes import lr_sequence
 
 STEPS, WARMUP = 2000, 40

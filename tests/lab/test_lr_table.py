@@ -10,7 +10,7 @@ import pytest
 
 from lab.config import ConfigError, OptimConfig
 from lab.schedules import LRSchedule, ScheduleError, lr_multiplier, read_lr_table
-from tracking.record import Artifact
+from tracking.record import Artifact, Metric
 
 TABLE = ((0.0, 0.0), (0.1, 1.0), (0.8, 1.0), (1.0, 0.2))
 
@@ -69,7 +69,7 @@ def test_a_smoke_run_trains_with_a_table(tmp_path):
                                    "optim.schedule=table", f"optim.table={table}"]))
     assert result.status == "FINISHED"
     client = MlflowClient(uri)
-    lrs = {m.step: m.value for m in client.get_metric_history(result.run_id, "lr")}
+    lrs = {m.step: m.value for m in client.get_metric_history(result.run_id, Metric.LR)}
     steps = len(lrs)  # 20 steps: step s (1-based) is evaluated at the fraction s/20 of the tokens
     assert lrs[1] == pytest.approx(1e-3 * 0.5) and lrs[10] == pytest.approx(1e-3)
     assert lrs[steps] == pytest.approx(1e-3 * 0.2) and lrs[18] == pytest.approx(1e-3 * 0.6)
