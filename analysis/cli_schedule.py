@@ -11,8 +11,8 @@ store (--experiment, --sweep), read with `analysis.load.load_curves`; --fit-runs
 logs metrics at step s = updates done, so the store's `lr` at s is the lr of optimizer step s − 1, `val/loss` at s
 belongs to step s − 1, and `train/loss` at s (the forward pass before update s) to step s − 2 (the first dropped).
 `train/loss` is noisy, so it is smoothed: a centred mean over --smooth recorded steps (shrinking at the ends),
-dropping points whose window spans an lr change of more than 10% (a step drop would otherwise be blurred into the
-steps before it); both metrics are then thinned to at most --points points per run, evenly spaced, last included.
+dropping points whose window holds an lr jump, one step changing the lr by more than 5% of the peak (a step drop
+would otherwise be blurred into the steps before it; a cosine changes by < 4% a step even over 40 steps); both metrics are then thinned to at most --points points per run, evenly spaced, last included.
 
 The laws describe one model at one batch size: the lr sequence is their only input. Runs with a batch-size schedule
 (param batch.schedule other than constant) change the gradient noise along the run, which the laws do not model: a
@@ -41,6 +41,8 @@ BATCH_SCHEDULE = "param.batch.schedule"
 FORMULAS = {sf.MULTI_POWER: "L(t) = L0 + A·(S1+S_W)^-alpha - B·Σ_k (η_k-1 − η_k)·(1 − (C·η_k^-gamma·S_k(t) + 1)^-beta)",
             sf.ANNEALING: "L(t) = L0 + A·S1^-alpha − C·S2 (S2: momentum-smoothed lr decrease)"}
 METRICS = (Metric.TRAIN_LOSS, Metric.VAL_LOSS)
+LR_JUMP = 0.05
+"""train/loss smoothing: a one-step lr change above this fraction of the peak is a jump no window may straddle."""
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -185,16 +187,17 @@ def _run_table(rows: pl.DataFrame, args: argparse.Namespace) -> pl.DataFrame:
 
 
 def _smoothed(step: np.ndarray, loss: np.ndarray, lr_table: pl.DataFrame, window: int):
-    """Centred mean of the train loss over `window` recorded steps; points whose window spans an lr change of more
-    than 10% are dropped (module docstring). Steps before 0 (the loss before any update) are dropped."""
+    """Centred mean of the train loss over `window` recorded steps; points whose window holds an lr jump (one step
+    changing the lr by more than LR_JUMP of the run's peak, e.g. a step drop or a short warmup) are dropped (module
+    docstring). Steps before 0 (the loss before any update) are dropped."""
     ok = step >= 0
-    step, loss = step[ok], loss[ok]
-    frame = pl.DataFrame({"step": step, "loss": loss}).join(lr_table.select("step", "lr"), on="step", how="left")
+    lr = lr_table.sort("step")
+    jump = lr.select("step", (pl.col("lr").diff().abs().fill_null(0.0) / pl.col("lr").max()).alias("jump"))
+    frame = pl.DataFrame({"step": step[ok], "loss": loss[ok]}).join(jump, on="step", how="left")
     roll = dict(window_size=window, min_samples=1, center=True)
     frame = frame.with_columns(pl.col("loss").rolling_mean(**roll).alias("smooth"),
-                               pl.col("lr").rolling_max(**roll).alias("hi"),
-                               pl.col("lr").rolling_min(**roll).alias("lo"))
-    flat = frame.filter(pl.col("hi").is_null() | (pl.col("hi") <= 1.1 * pl.col("lo")))
+                               pl.col("jump").fill_null(0.0).rolling_max(**roll).alias("jump"))
+    flat = frame.filter(pl.col("jump") <= LR_JUMP)
     return flat["step"].to_numpy(), flat["smooth"].to_numpy()
 
 

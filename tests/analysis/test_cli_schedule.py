@@ -104,7 +104,7 @@ def test_unknown_fit_runs_stop_with_one_line(curves_csv, capsys):
 
 @pytest.fixture(scope="module")
 def schedule_store(tmp_path_factory, new_sqlite_store) -> str:
-    """Three smoke runs under cosine, constant and wsd (60 steps each) and one with a batch-size ramp."""
+    """Three smoke runs under cosine, constant and wsd (40 steps each) and one with a batch-size ramp."""
     from lab.run import train
     from lab.train import compose_config
 
@@ -112,8 +112,8 @@ def schedule_store(tmp_path_factory, new_sqlite_store) -> str:
     workdir = tmp_path_factory.mktemp("schedule_store")
     uri = new_sqlite_store(workdir)
     base = ["experiment=smoke", f"tracking.uri={uri}", f"checkpoint_dir={workdir}/ckpt",
-            f"data.cache_dir={workdir}/cache", "trainer.progress_bar=false", "trainer.val_every_steps=10",
-            "trainer.checkpoint_every_steps=1000", "trainer.threads=1", "budget.tokens=15360",
+            f"data.cache_dir={workdir}/cache", "trainer.progress_bar=false", "trainer.val_every_steps=5",
+            "trainer.checkpoint_every_steps=1000", "trainer.threads=1", "budget.tokens=10240",
             "+tracking.tags.sweep=schedules"]
     for extra in (["optim=cosine"], ["optim=constant"], ["optim=wsd"],
                   ["batch=linear", "batch.start_sequences=4", "batch.ramp_tokens=4000"]):
@@ -142,7 +142,7 @@ def test_fit_lab_train_runs_from_the_store(schedule_store, tmp_path, capsys):
     assert set(table["run_id"]) == {ids["cosine"], ids["constant"], ids["wsd"]}
     assert table["predicted"].is_finite().all() and table["step"].min() >= 0
     code, stdout, err = run(["schedule", "--tracking-uri", schedule_store, "--fit-runs", *fit, "--bootstrap", "0",
-                             "--form", "annealing"], capsys)  # val/loss: every 10 steps
+                             "--form", "annealing"], capsys)  # val/loss: every 5 steps
     assert code == 0, err
 
 
