@@ -11,8 +11,8 @@ from analysis.laws.schedule import (Curve, ScheduleFit, ScheduleInputError, curv
 from analysis.laws.schedule_shapes import lr_sequence
 
 STEPS, WARMUP = 2000, 40
-PEAK = 3e-4 * 24000 / STEPS  # the LR area of a 24,000-step run at 3e-4, as Luo et al.'s 400M runs
-# Multi-Power parameters shaped like Luo et al. 2025's fits (Table 4, 400M), rescaled to this peak so that
+PEAK = 3e-4 * 24000 / STEPS  # the LR area of a 24,000-step run at 3e-4
+# Illustrative Multi-Power parameters (curves like a 24,000-step run at peak lr 3e-4), rescaled to this peak so that
 # B·η and C·η^(1−γ) (what the curve sees) stay the same.
 MP_TRUE = dict(L0=2.5, A=0.6, alpha=0.45, B=400.0 * 3e-4 / PEAK, C=2.0 * (PEAK / 3e-4) ** (0.6 - 1), beta=0.6,
                gamma=0.6)
