@@ -73,6 +73,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
+    if args.table_out and not args.choose_steps:
+        raise CliError("--table-out writes the chosen schedule: give --choose-steps S (the run's optimizer steps) too")
     for flag, path in (("--predict-out", args.predict_out), ("--table-out", args.table_out)):
         if path is not None and not Path(path).parent.is_dir():
             raise CliError(f"{flag} {path}: directory {Path(path).parent} does not exist; create it or choose "

@@ -100,6 +100,8 @@ def test_bad_tables_stop_with_one_line(curves_csv, tmp_path, capsys, edit, words
 def test_unknown_fit_runs_stop_with_one_line(curves_csv, capsys):
     code, _, err = run(["schedule", "--input", curves_csv, "--fit-runs", "cosine", "nope"], capsys)
     assert code == 2 and "unknown run ids ['nope']" in error_line(err)
+    code, _, err = run(["schedule", "--input", curves_csv, "--fit-runs", "cosine", "--table-out", "t.csv"], capsys)
+    assert code == 2 and "give --choose-steps" in error_line(err)
 
 
 @pytest.fixture(scope="module")
