@@ -27,6 +27,7 @@ from lab.module import Accounting, DivergedError, LitGPT
 from lab.progress import StepProgressBar
 from lab.schedules import BatchSchedule, LRSchedule, PlanStep, plan as schedule_plan
 from lab.tracking import PendingMetrics, RunLogger, ensure_store, git_state, recorded_steps
+from tracking.record import Param
 
 
 @dataclass(frozen=True)
@@ -135,11 +136,14 @@ def check_resume_matches(meta: dict[str, Any], cfg: TrainConfig, ckpt_dir: Path)
                           "overrides, or start a new run (drop resume=true or give another tracking.run_name)")
 
 
-def peak_flops(cfg: TrainConfig) -> float:
-    """The MFU denominator: one device's peak FLOP/s (looked up by name unless configured) times devices."""
+def peak_flops(cfg: TrainConfig) -> Optional[float]:
+    """The MFU denominator: one device's peak FLOP/s for the dtype computed in, times devices; None: unknown."""
     on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
-    device = torch.cuda.get_device_name() if on_gpu else "cpu"
-    return flops.peak_flops_for(device, cfg.trainer.peak_flops) * cfg.world_size
+    if on_gpu:
+        parallel.enable_tf32()
+    dtype = parallel.peak_dtype(parallel.precision_policy(cfg.trainer))
+    one = flops.peak_flops(torch.device("cuda" if on_gpu else "cpu"), dtype, cfg.trainer.peak_flops)
+    return one * cfg.world_size if one is not None else None
 
 
 def checkpoint_dir(cfg: TrainConfig, run_name: str) -> Path:
@@ -184,7 +188,7 @@ class PreparedRun:
     ckpt_dir: Path
     resume_run_id: Optional[str]
     resume_ckpt: Optional[Path]
-    peak_flops: float
+    peak_flops: Optional[float]
     lr_schedule: Optional[LRSchedule] = None
     branch: Optional[init.Branch] = None
     """Set when the run starts from a reference's checkpoint (init.checkpoint): a critical-batch-size branch."""
@@ -233,7 +237,9 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         logger.log_hyperparams({**flat_params(cfg), "N": N, "N_total": N_total, "seq_len": cfg.model.seq_len,
                                 "B_tokens": B_tokens, "B_sequences": cfg.batch.sequences, "D": D,
                                 "C": flops.training_flops(N, D), "steps": len(plan),
-                                "flops_per_token": flops.flops_per_token(gpt_cfg), "peak_flops": p.peak_flops,
+                                "flops_per_token": flops.flops_per_token(gpt_cfg),
+                                Param.MODEL_FLOPS_PER_TOKEN: flops.model_flops_per_token(gpt_cfg),
+                                **({Param.PEAK_FLOPS: p.peak_flops} if p.peak_flops is not None else {}),
                                 **(p.branch.params(cfg.model.seq_len) if p.branch else {}),
                                 **parallel.describe(parallelism)})
         if parallel.rank() == 0:  # other ranks (relaunched by Lightning or srun) have no MLflow run of their own
@@ -247,7 +253,7 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LitGPT(
         GPT(gpt_cfg), cfg.optim, plan,
-        Accounting(seq_len=cfg.model.seq_len, flops_per_token=flops.flops_per_token(gpt_cfg),
+        Accounting(seq_len=cfg.model.seq_len, model_flops_per_token=flops.model_flops_per_token(gpt_cfg),
                    peak_flops=p.peak_flops, bytes_per_token=1.0 if cfg.data.source == "builtin" else None),
         val_data=data.validation(), val_every_steps=cfg.trainer.val_every_steps, max_loss=cfg.trainer.max_loss,
         micro_batch=cfg.batch.micro_batch, parallelism=parallelism, loss_chunk=cfg.trainer.fused_ce_chunk)

@@ -56,9 +56,12 @@ def test_run_records_params_metrics_tags_and_summary(smoke_run):
 
     steps = [s for s, _ in history(client, result.run_id, "train/loss")]
     assert steps == list(range(1, 51)), "every optimizer step once, step = optimizer step"
-    for key in ("lr", "tokens", "flops", "batch_tokens", "grad_norm", "noise/b_simple", "mfu",
+    for key in ("lr", "tokens", "model_flops", "batch_tokens", "grad_norm", "noise/b_simple",
                 "throughput/tokens_per_s"):
         assert history(client, result.run_id, key), f"{key} not recorded"
+    # A CPU is a device without a known peak: the run trains and records model FLOPs, but no MFU (issue 14).
+    assert not history(client, result.run_id, "mfu") and "peak_flops" not in p
+    assert float(p["model_flops_per_token"]) > float(p["flops_per_token"])
     assert [s for s, _ in history(client, result.run_id, "val/loss")] == [25, 50]
     tokens = history(client, result.run_id, "tokens")
     assert tokens[-1] == (50, 50 * 256.0)
