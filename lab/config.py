@@ -17,6 +17,8 @@ DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
 BATCH_SCHEDULES = ("constant", "linear", "stepwise")
 LR_RESCALE_RULES = ("none", "linear", "sqrt")
 STRATEGIES = ("auto", "ddp", "fsdp")
+PRECISIONS = ("32-true", "bf16-mixed")
+"""trainer.precision: fp32 master weights always; bf16-mixed computes matmuls in bf16 (lab.parallel.PrecisionPolicy)."""
 """One device | DDP | FSDP2 through Lightning's ModelParallelStrategy (lab.parallel)."""
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -193,7 +195,8 @@ class TrainerConfig:
     max_loss: float = 20.0
     """Divergence ceiling in nats/token: a loss above it (or NaN/inf) ends the run as FAILED."""
     peak_flops: Optional[float] = None
-    """Peak FLOP/s of one device for MFU; None looks the accelerator up in lab.flops.PEAK_FLOPS."""
+    """Peak FLOP/s of one device for MFU; None: Lightning's table for the device and the dtype computed in
+    (lab.flops.peak_flops); a device it does not know (any CPU) records no MFU."""
     progress_bar: bool = True
     compile: Optional[bool] = None
     """torch.compile each transformer block (fuses RMSNorm, SwiGLU, rotary); None: where it is faster over the whole
@@ -202,8 +205,6 @@ class TrainerConfig:
     """torch.compile mode (None: torch's default; e.g. max-autotune)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: less memory for ~1/3 more compute."""
-    fsdp_bf16: bool = True
-    """strategy=fsdp on CUDA: bf16 parameters for compute, fp32 gradient reduction (ignored on the CPU)."""
     fused_ce_chunk: Optional[int] = None
     """Rows (tokens) per chunk of the fused linear + cross-entropy loss, which never builds the full (tokens, V)
     logits (lab.losses); None: the naive loss."""
@@ -218,6 +219,7 @@ class TrainerConfig:
         _require(self.fused_ce_chunk is None or self.fused_ce_chunk >= 1, "trainer.fused_ce_chunk",
                  self.fused_ce_chunk, "use a positive number of rows, e.g. 4096, or null for the naive loss")
         _one_of("trainer.strategy", self.strategy, STRATEGIES)
+        _one_of("trainer.precision", self.precision, PRECISIONS)
         _require(self.devices >= 1, "trainer.devices", self.devices, "use at least 1 device")
         _require(self.num_nodes >= 1, "trainer.num_nodes", self.num_nodes, "use at least 1 node")
         _require(self.val_every_steps >= 1, "trainer.val_every_steps", self.val_every_steps, "use >= 1")

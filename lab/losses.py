@@ -6,7 +6,11 @@ The chunked path is the "fused linear cross-entropy" trick (as in Liger-Kernel, 
 of rows, compute the logits, the loss and, in the same pass, dL/dz = (softmax(z) - onehot(t)) / n_valid, which
 gives dL/dh = scale · dL/dz W and dL/dW += scale · dL/dz^T h. Only those gradients (the size of h and W) are kept,
 so peak memory holds one (chunk, V) block instead of (M, V); the backward multiplies them by the incoming grad.
-Logits, softmax and the weight gradient are accumulated in float32 (float64 for float64 inputs).
+
+Precision: the three matmuls (logits, dL/dh, dL/dW) run in the compute dtype — bf16 under autocast (or for bf16
+inputs), else the inputs' dtype — with the GEMM's own fp32 accumulation; logits, softmax, the loss and the sum of
+the weight gradient over chunks are kept in float32 (float64 for float64 inputs). The casts are explicit, because
+an autograd Function's in-place ``addmm_`` (and FSDP without autocast) would otherwise run fp32 GEMMs.
 
 ignore_index=-100 is supported on both paths, as in ``F.cross_entropy``: ignored targets add no loss and no
 gradient, and the mean is over the remaining targets (NaN when every target is ignored, as F.cross_entropy).
@@ -38,6 +42,15 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)  # float32, or float64 for float64 inputs
 
 
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """dtype the loss's matmuls run in: autocast's lower-precision dtype where autocast is on for ``t``'s device,
+    else ``t``'s own floating dtype."""
+    device = t.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return t.dtype
+
+
 def _chunk_grad_logits(z: torch.Tensor, lse: torch.Tensor, t: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """d(sum of chunk losses)/dz = softmax(z) - onehot(t), zero on ignored rows; overwrites z (c, V)."""
     g = z.sub_(lse[:, None]).exp_()  # softmax, in place: z is not needed again
@@ -50,28 +63,29 @@ def _chunked(
     ignore_index: int, need_grad_h: bool, need_grad_w: bool,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Mean loss and, where asked, its gradients w.r.t. hidden (M, d) and weight (V, d), chunk by chunk."""
-    acc = _acc_dtype(hidden)
+    acc, cd = _acc_dtype(hidden), compute_dtype(hidden)
     valid_all = targets != ignore_index  # (M,)
     n_valid = valid_all.sum().to(acc)
     loss_sum = torch.zeros((), dtype=acc, device=hidden.device)
     grad_h = torch.empty(hidden.shape, dtype=acc, device=hidden.device) if need_grad_h else None  # (M, d)
     grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_grad_w else None  # (V, d)
-    w_acc = weight.to(acc)
+    w_cd = weight.to(cd)  # (V, d), one cast for every chunk
     for start in range(0, hidden.size(0), chunk_size):
         rows = slice(start, start + chunk_size)
-        h, valid = hidden[rows], valid_all[rows]  # (c, d), (c,)
+        h, valid = hidden[rows].to(cd), valid_all[rows]  # (c, d), (c,)
         t = targets[rows].masked_fill(~valid, 0)  # a safe gather index on ignored rows
-        z = (h @ weight.T).to(acc) * scale  # (c, V)
+        z = (h @ w_cd.T).to(acc) * scale  # (c, V)
         lse = torch.logsumexp(z, dim=-1)  # (c,)
         z_t = z.gather(1, t[:, None]).squeeze(1)  # (c,)
         loss_sum += ((lse - z_t) * valid).sum()
         if grad_h is None and grad_w is None:
             continue
         g = _chunk_grad_logits(z, lse, t, valid).mul_(scale)  # d(loss sum)/d(h W^T), (c, V)
+        g = g.to(cd)
         if grad_h is not None:
-            grad_h[rows] = g @ w_acc
+            grad_h[rows] = g @ w_cd
         if grad_w is not None:
-            grad_w.addmm_(g.T, h.to(acc))
+            grad_w += g.T @ h  # (V, d) in the compute dtype, summed over chunks in acc
     # Mean over valid targets; 0/0 = NaN when all are ignored, matching F.cross_entropy.
     loss = loss_sum / n_valid  # float32 (float64) even for half-precision inputs
     grad_h = (grad_h / n_valid).to(hidden.dtype) if grad_h is not None else None
@@ -117,7 +131,8 @@ def cross_entropy(
     """
     h, t = _flatten(hidden, weight, targets)
     if chunk_size is None:
-        logits = (h @ weight.T).to(_acc_dtype(h)) * scale  # (M, V)
+        cd = compute_dtype(h)
+        logits = (h.to(cd) @ weight.to(cd).T).to(_acc_dtype(h)) * scale  # (M, V)
         return F.cross_entropy(logits, t, ignore_index=ignore_index)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"cross_entropy: chunk_size={chunk_size!r}; use a positive number of rows, or None")
