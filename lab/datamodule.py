@@ -11,7 +11,12 @@ from torch.utils.data import DataLoader
 
 from lab.config import DataConfig
 from lab.data import StepBatches, TokenSampler, Tokens, builtin_corpus, load_tokens, validation_set
+from lab.data.prefetch import Prefetched
 from lab.schedules import PlanStep
+
+
+PREFETCH_STEPS = 2
+"""Optimizer steps of batches a background thread prepares ahead of training (lab.data.prefetch)."""
 
 
 class TokenData(L.LightningDataModule):
@@ -55,4 +60,6 @@ class TokenData(L.LightningDataModule):
             rank=self.trainer.global_rank if self.trainer is not None else 0,
             world_size=self.trainer.world_size if self.trainer is not None else 1,
         )
-        return DataLoader(dataset, batch_size=None, num_workers=0)
+        on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        # Batching, order and resumption are StepBatches'; the thread only runs it ahead (pinned on CUDA).
+        return DataLoader(Prefetched(dataset, depth=PREFETCH_STEPS, pin=on_cuda), batch_size=None, num_workers=0)
