@@ -6,7 +6,8 @@ Which N (decided here, used everywhere):
   too; this GPT has none (rotary). Norm gains and biases are counted: they are tiny (≈ 2·n_layers·d) and are
   real parameters of the blocks. N ≈ 12·n_layers·d_model² for both MLP kinds.
 - ``total_params`` is Chinchilla's N (Hoffmann et al. 2022 count all parameters): N plus the embedding, plus the
-  head when untied (a tied matrix is counted once). It equals ``sum(p.numel() for p in GPT(cfg).parameters())``.
+  head when untied (a tied matrix is counted once). It equals ``sum(p.numel() for p in GPT(cfg).parameters())``
+  less the padding rows of a padded vocabulary (``model.vocab_multiple_of``), which are never used.
 
 C follows Kaplan: C = 6·N·D with the non-embedding N (forward 2N per token, backward twice the forward), plus
 optionally the attention term. Counts are computed from the config alone, so a 1B-parameter plan costs nothing.
@@ -78,11 +79,11 @@ def model_flops_per_token(cfg: GPTConfig) -> float:
     PaLM (Chowdhery et al. 2022) appendix B and nanoGPT's ``estimate_mfu``: every weight matrix costs 6 FLOPs per
     token and parameter (forward 2, backward 4), the output head's d·V included, and attention's q·k and
     attention-weighted-value products 12·n_layers·d·T (not halved for the causal mask). The head counts the
-    vocabulary actually multiplied (``cfg.vocab_size``; a padded head costs its padded rows). This is the
+    vocabulary actually multiplied (``cfg.padded_vocab``: a padded head computes its padded rows). This is the
     throughput figure (``tracking.record.Metric.MODEL_FLOPS``), never C = 6·N·D of the laws.
     """
     N = non_embedding_params(cfg)
-    return 6.0 * (N + cfg.d_model * cfg.vocab_size) + 12.0 * cfg.n_layers * cfg.d_model * cfg.seq_len
+    return 6.0 * (N + cfg.d_model * cfg.padded_vocab) + 12.0 * cfg.n_layers * cfg.d_model * cfg.seq_len
 
 
 def training_flops(N: float, D: float) -> float:

@@ -95,6 +95,7 @@ class LitGPT(L.LightningModule):
         """Tokens seen at the last validation: callbacks (pruners) read it with last_val_loss."""
         self._last_step_end: Optional[float] = None
         self._lagged: LaggedStats[_StepRecord] = LaggedStats()
+        self._loss_fn = cross_entropy
 
     def configure_model(self) -> None:
         # Called by Lightning once the processes (and, under FSDP, the device mesh) exist; idempotent because
@@ -105,6 +106,8 @@ class LitGPT(L.LightningModule):
             parallel.enable_tf32()
         mesh = self.device_mesh["data_parallel"] if self.parallelism.strategy == "fsdp" else None
         parallel.apply(self.model, self.parallelism, device_mesh=mesh)
+        if self.parallelism.compile and self.device.type == "cuda":
+            self._loss_fn = parallel.compiled_loss(self.parallelism)
         self._parallelized = True
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -116,8 +119,8 @@ class LitGPT(L.LightningModule):
                                  fused=True if on_cuda else None, foreach=None if on_cuda else True)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(self.model.hidden(x), self.model.output_weight, y, scale=self.model.logit_scale,
-                             chunk_size=self.loss_chunk)
+        return self._loss_fn(self.model.hidden(x), self.model.output_weight, y, scale=self.model.logit_scale,
+                             chunk_size=self.loss_chunk, vocab_size=self.model.cfg.vocab_size)
 
     def _no_grad_sync(self) -> AbstractContextManager[None]:
         strategy = self.trainer.strategy

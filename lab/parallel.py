@@ -66,6 +66,9 @@ class Parallelism:
     """Recompute each block's activations in the backward pass: less memory, ~1/3 more compute."""
     precision: "PrecisionPolicy" = field(default_factory=lambda: PrecisionPolicy())
     """Compute and reduction dtypes (default: fp32 throughout)."""
+    hsdp_replicas: Optional[int] = None
+    """HSDP (strategy fsdp): shard within groups of world/hsdp_replicas ranks (a node), replicate across the
+    hsdp_replicas groups (nodes). None: plain FSDP over every rank."""
 
     def __post_init__(self) -> None:
         if self.compile_mode not in COMPILE_MODES:
@@ -145,47 +148,66 @@ def peak_dtype(policy: PrecisionPolicy) -> "torch.dtype | str":
     return policy.compute_dtype
 
 
-COMPILE_MIN_STEPS = 1_000
-"""Runs shorter than this are not compiled by default: the first compile (20-90 s on this CPU) would not pay."""
+def compiled_loss(p: Parallelism) -> Any:
+    """``lab.losses.cross_entropy`` compiled (CUDA): inductor fuses the scale, the cast and the softmax of the naive
+    path; the chunked path's Python loop is unrolled per chunk count. Compiled artefacts land in the shared
+    inductor cache (TORCHINDUCTOR_CACHE_DIR, set by lab.run.quiet_lightning), so later runs reuse them."""
+    from lab.losses import cross_entropy
+
+    return torch.compile(cross_entropy, mode=p.compile_mode)
 
 
 def compile_default(accelerator: str, steps: int) -> bool:
-    """Whether ``trainer.compile=null`` compiles: only where it is faster over the whole run.
+    """Whether ``trainer.compile=null`` compiles: on CUDA always, whatever the run length (issue 14); on a CPU
+    never by default (inductor needs a C compiler a laptop may lack; `trainer.compile=true` opts in).
 
-    Per step, compiled blocks were never slower on this CPU (benchmarks/throughput.py, ladder sizes 1-6: ×1.3-1.7
-    the eager tokens/s with the byte vocabulary, ×1.0-1.1 with 50,257 tokens, where the head dominates), but a
-    cold compile costs 20-90 s, which the per-step gain repays after a few hundred steps: so runs of >= 1,000
-    steps would pay back. The default still compiles only on CUDA: on a CPU, inductor needs a C compiler that a
-    laptop may lack, and every parallel sweep worker pays its own cold compile; `trainer.compile=true` opts in.
-    CUDA: not measured here (no GPU); compiling the blocks is the documented speed path there (nanoGPT's README:
-    250 → 135 ms per iteration for GPT-2 124M on an A100).
+    Per step, compiled blocks were never slower on this CPU (benchmarks/throughput.py, ladder sizes 1-6: x1.3-1.7
+    the eager tokens/s with the byte vocabulary, x1.0-1.1 with 50,257 tokens); a cold CPU compile costs 20-90 s.
+    On CUDA compiling the blocks and the loss is the documented speed path (nanoGPT's README: 250 -> 135 ms per
+    iteration for GPT-2 124M on an A100). ``steps`` no longer matters; it is kept for callers.
     """
-    if steps < COMPILE_MIN_STEPS:
-        return False
+    # A compile on CUDA costs about a minute once per shape, then the shared inductor cache serves it; it repays
+    # within a few hundred steps of a 124M model, and short runs are most of a ladder.
     return accelerator in ("gpu", "cuda") and torch.cuda.is_available()
 
 
 def from_config(t: "TrainerConfig", steps: int) -> Parallelism:
     """The settings of a run of ``steps`` optimizer steps (``compile=null`` resolves by ``compile_default``)."""
     compile_on = compile_default(t.accelerator, steps) if t.compile is None else t.compile
+    if t.hsdp and t.strategy != "fsdp":
+        raise ParallelError(f"trainer.hsdp=true needs trainer.strategy=fsdp (got {t.strategy!r}): HSDP is FSDP "
+                            "sharded within a node and replicated across nodes")
     return Parallelism(strategy=t.strategy, compile=compile_on, compile_mode=t.compile_mode,
-                       activation_checkpointing=t.activation_checkpointing, precision=precision_policy(t))
+                       activation_checkpointing=t.activation_checkpointing, precision=precision_policy(t),
+                       hsdp_replicas=t.num_nodes if t.hsdp else None)
+
+
+def hsdp_mesh(device_type: str, replicas: int, world_size: int) -> "DeviceMesh":
+    """The 2-D mesh of HSDP: ("replicate", "shard") = (replicas, world_size / replicas). With one replica per node
+    and ranks numbered node by node (torchrun, SLURM), each shard group is one node, so the all-gathers and
+    reduce-scatters stay on NVLink and only the gradient all-reduce between replicas crosses nodes."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if replicas < 1 or world_size % replicas:
+        raise ParallelError(f"HSDP: {world_size} ranks cannot form {replicas} equal replicas (trainer.num_nodes); "
+                            "use the same trainer.devices on every node")
+    return init_device_mesh(device_type, (replicas, world_size // replicas), mesh_dim_names=("replicate", "shard"))
 
 
 def lightning_strategy(t: "TrainerConfig") -> Union[str, "Strategy"]:
     """The ``strategy`` argument of ``lightning.Trainer`` for ``trainer.strategy``."""
     if t.strategy == "fsdp":
-        from lightning.pytorch.strategies import ModelParallelStrategy
+        from lab.checkpoints import AtomicModelParallelStrategy
 
         # Pure data parallelism over every rank: Lightning's "auto" would make the devices of a node a
-        # tensor-parallel group instead.
-        return ModelParallelStrategy(data_parallel_size=t.devices * t.num_nodes, tensor_parallel_size=1,
-                                     save_distributed_checkpoint=True)
+        # tensor-parallel group instead. Sharded checkpoints are published atomically (lab.checkpoints).
+        return AtomicModelParallelStrategy(data_parallel_size=t.devices * t.num_nodes, tensor_parallel_size=1,
+                                           save_distributed_checkpoint=True)
     return t.strategy
 
 
 def apply(model: nn.Module, p: Parallelism, device_mesh: Optional["DeviceMesh"] = None) -> nn.Module:
-    """Activation checkpointing, compilation and FSDP2 applied in place to ``model`` (a ``lab.model.GPT``).
+    """Activation checkpointing, compilation and FSDP2 (or HSDP) applied in place to ``model`` (a ``lab.model.GPT``).
 
     ``device_mesh``: the data-parallel mesh for ``strategy="fsdp"`` (Lightning's ``ModelParallelStrategy`` gives
     it to the LightningModule as ``self.device_mesh["data_parallel"]``).
@@ -200,6 +222,8 @@ def apply(model: nn.Module, p: Parallelism, device_mesh: Optional["DeviceMesh"] 
         if device_mesh is None:
             raise ParallelError("strategy fsdp needs a device mesh: run it through lightning_strategy() "
                                 "(Lightning's ModelParallelStrategy)")
+        if p.hsdp_replicas is not None:
+            device_mesh = hsdp_mesh(device_mesh.device_type, p.hsdp_replicas, device_mesh.size())
         shard(model, device_mesh, p.precision)
     return model
 
@@ -213,7 +237,8 @@ def checkpoint_blocks(blocks: nn.ModuleList) -> None:
 
 
 def shard(model: nn.Module, mesh: "DeviceMesh", precision: Optional[PrecisionPolicy] = None) -> None:
-    """FSDP2 per block, then the root (embedding, final norm, head).
+    """FSDP2 per block, then the root (embedding, final norm, head). A 2-D ``mesh`` (replicate, shard) makes it HSDP
+    (FSDP2's ``fully_shard`` on a 2-D mesh: sharded along the last dimension, replicated along the first).
 
     The loss is computed outside ``forward`` (``hidden`` then ``output_weight``, so the chunked loss never builds
     the logits), hence ``hidden`` is registered as a forward method (it all-gathers the root's parameters) and
@@ -293,4 +318,5 @@ def rank() -> int:
 
 def describe(p: Parallelism) -> dict[str, Any]:
     """MLflow params beyond the flattened config: what ``trainer.compile=null`` resolved to, and sharding."""
-    return {"parallel.compile": p.compile, "parallel.sharded": p.sharded}
+    return {"parallel.compile": p.compile, "parallel.sharded": p.sharded,
+            "parallel.compute_dtype": str(p.precision.compute_dtype).replace("torch.", "")}

@@ -16,10 +16,9 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
-from lab import flops, init, parallel, preemption
+from lab import checkpoints, flops, init, parallel, preemption
 from lab.config import ConfigError, TrainConfig
 from lab.datamodule import TokenData
 from lab.model import GPT, GPTConfig, gpt_config
@@ -255,7 +254,9 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         GPT(gpt_cfg), cfg.optim, plan,
         Accounting(seq_len=cfg.model.seq_len, model_flops_per_token=flops.model_flops_per_token(gpt_cfg),
                    peak_flops=p.peak_flops, bytes_per_token=1.0 if cfg.data.source == "builtin" else None),
-        val_data=data.validation(), val_every_steps=cfg.trainer.val_every_steps, max_loss=cfg.trainer.max_loss,
+        val_data=data.validation(), max_loss=cfg.trainer.max_loss,
+        val_every_steps=checkpoints.val_every_steps(cfg.trainer.val_every_steps, cfg.trainer.val_every_tokens,
+                                                    plan[0].sequences * cfg.model.seq_len),
         micro_batch=cfg.batch.micro_batch, parallelism=parallelism, loss_chunk=cfg.trainer.fused_ce_chunk)
     t = cfg.trainer
     trainer = L.Trainer(
@@ -263,8 +264,7 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         precision=t.precision, deterministic=t.deterministic, max_steps=len(plan), max_epochs=1,
         logger=logger, enable_progress_bar=t.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=0, log_every_n_steps=1,
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_steps,
-                                   save_last=True, save_top_k=0, save_on_train_epoch_end=False),
+        callbacks=[checkpoints.periodic_checkpoint(ckpt_dir, t.checkpoint_every_steps, t.checkpoint_every_minutes),
                    PendingMetrics(logger),  # checkpoints carry unsent metrics instead of waiting for the store
                    *([StepProgressBar(len(plan))] if t.progress_bar else []), *init.callbacks(p, logger.run_id),
                    *callbacks, preemption.Preemption(ckpt_dir)])  # last: a pruner reports before a preemption stop

@@ -161,8 +161,9 @@ def test_strategy_names_map_to_lightning():
     ("cpu", 999, False),
     ("cpu", 1_000, False),  # faster per step, but CPU compile is opt-in: it needs gcc and each worker compiles
     ("gpu", 10_000, torch.cuda.is_available()),
+    ("gpu", 30, torch.cuda.is_available()),  # CUDA compiles whatever the run length (issue 14)
 ])
-def test_compile_default_only_on_cuda_for_long_runs(accelerator, steps, expected):
+def test_compile_default_only_on_cuda(accelerator, steps, expected):
     cfg = compose_config(["experiment=smoke", f"trainer.accelerator={accelerator}"])
     assert parallel.from_config(cfg.trainer, steps=steps).compile is expected
     forced = compose_config(["experiment=smoke", "trainer.compile=true"])
