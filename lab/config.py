@@ -213,6 +213,8 @@ class TrainerConfig:
     """torch.compile mode (None: torch's default; e.g. max-autotune)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: less memory for ~1/3 more compute."""
+    loss_impl: str = "lab"
+    """Loss kernel: lab (lab.losses, naive or chunked by fused_ce_chunk), liger or cce (CUDA; the gpu extra)."""
     hsdp: bool = False
     """strategy=fsdp across nodes: shard within each node, replicate across the trainer.num_nodes nodes (HSDP)."""
     fused_ce_chunk: Optional[int] = None
@@ -230,6 +232,7 @@ class TrainerConfig:
                  self.fused_ce_chunk, "use a positive number of rows, e.g. 4096, or null for the naive loss")
         _one_of("trainer.strategy", self.strategy, STRATEGIES)
         _one_of("trainer.precision", self.precision, PRECISIONS)
+        _one_of("trainer.loss_impl", self.loss_impl, ("lab", "liger", "cce"))
         _require(self.devices >= 1, "trainer.devices", self.devices, "use at least 1 device")
         _require(self.num_nodes >= 1, "trainer.num_nodes", self.num_nodes, "use at least 1 node")
         _require(self.val_every_steps >= 1, "trainer.val_every_steps", self.val_every_steps, "use >= 1")

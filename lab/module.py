@@ -106,8 +106,7 @@ class LitGPT(L.LightningModule):
             parallel.enable_tf32()
         mesh = self.device_mesh["data_parallel"] if self.parallelism.strategy == "fsdp" else None
         parallel.apply(self.model, self.parallelism, device_mesh=mesh)
-        if self.parallelism.compile and self.device.type == "cuda":
-            self._loss_fn = parallel.compiled_loss(self.parallelism)
+        self._loss_fn = parallel.loss_function(self.parallelism, self.device.type)
         self._parallelized = True
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -66,6 +66,8 @@ class Parallelism:
     """Recompute each block's activations in the backward pass: less memory, ~1/3 more compute."""
     precision: "PrecisionPolicy" = field(default_factory=lambda: PrecisionPolicy())
     """Compute and reduction dtypes (default: fp32 throughout)."""
+    loss_impl: str = "lab"
+    """Loss kernel (lab.fused_losses): lab (reference), liger or cce (CUDA, the gpu extra)."""
     hsdp_replicas: Optional[int] = None
     """HSDP (strategy fsdp): shard within groups of world/hsdp_replicas ranks (a node), replicate across the
     hsdp_replicas groups (nodes). None: plain FSDP over every rank."""
@@ -148,13 +150,17 @@ def peak_dtype(policy: PrecisionPolicy) -> "torch.dtype | str":
     return policy.compute_dtype
 
 
-def compiled_loss(p: Parallelism) -> Any:
-    """``lab.losses.cross_entropy`` compiled (CUDA): inductor fuses the scale, the cast and the softmax of the naive
-    path; the chunked path's Python loop is unrolled per chunk count. Compiled artefacts land in the shared
-    inductor cache (TORCHINDUCTOR_CACHE_DIR, set by lab.run.quiet_lightning), so later runs reuse them."""
-    from lab.losses import cross_entropy
+def loss_function(p: Parallelism, device_type: str) -> Any:
+    """The training loss: ``trainer.loss_impl`` (lab.fused_losses), and for lab's own, compiled on CUDA when blocks
+    are: inductor fuses the scale, the cast and the softmax of the naive path; the chunked path's Python loop is
+    unrolled per chunk count. Compiled artefacts land in the shared inductor cache (TORCHINDUCTOR_CACHE_DIR, set
+    by lab.run.quiet_lightning), so later runs reuse them. Liger and CCE are Triton kernels already."""
+    from lab.fused_losses import loss_function as chosen
 
-    return torch.compile(cross_entropy, mode=p.compile_mode)
+    fn = chosen(p.loss_impl)
+    if p.loss_impl == "lab" and p.compile and device_type == "cuda":
+        return torch.compile(fn, mode=p.compile_mode)
+    return fn
 
 
 def compile_default(accelerator: str, steps: int) -> bool:
@@ -179,7 +185,7 @@ def from_config(t: "TrainerConfig", steps: int) -> Parallelism:
                             "sharded within a node and replicated across nodes")
     return Parallelism(strategy=t.strategy, compile=compile_on, compile_mode=t.compile_mode,
                        activation_checkpointing=t.activation_checkpointing, precision=precision_policy(t),
-                       hsdp_replicas=t.num_nodes if t.hsdp else None)
+                       loss_impl=t.loss_impl, hsdp_replicas=t.num_nodes if t.hsdp else None)
 
 
 def hsdp_mesh(device_type: str, replicas: int, world_size: int) -> "DeviceMesh":
