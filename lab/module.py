@@ -33,7 +33,7 @@ import torch
 from lightning.pytorch.strategies import ParallelStrategy
 from torch import nn
 
-from lab import parallel
+from lab import parallel, preemption
 from lab.config import OptimConfig
 from lab.losses import cross_entropy
 from lab.noise import LOG_EVERY_STEPS, NoiseScale
@@ -96,6 +96,8 @@ class LitGPT(L.LightningModule):
         self._last_step_end: Optional[float] = None
         self._lagged: LaggedStats[_StepRecord] = LaggedStats()
         self._loss_fn = cross_entropy
+        self.stop_requested: Optional[bool] = None
+        """Some rank received a preemption signal by the last step read (lab.preemption reads it under DDP/FSDP)."""
 
     def configure_model(self) -> None:
         # Called by Lightning once the processes (and, under FSDP, the device mesh) exist; idempotent because
@@ -145,8 +147,10 @@ class LitGPT(L.LightningModule):
             if i == 0 and accum > 1:
                 # .grad holds g_micro/accum right after the first backward: one norm per step gives |g_micro|².
                 micro_sq = parallel.grad_sq_norm(self.model.parameters()) * accum**2
-        # The mean over ranks (a device all-reduce), so every rank logs and tests divergence on the same number.
-        train_loss = self.trainer.strategy.reduce(loss_sum / accum, reduce_op="mean")
+        # The mean over ranks (one device all-reduce), so every rank logs and tests divergence on the same number;
+        # the preemption flags ride along (> 0: some rank received a signal), read with the rest a step later.
+        local = torch.stack([loss_sum / accum, torch.full((), float(self._signal_received()), device=self.device)])
+        train_loss, stop_flag = self.trainer.strategy.reduce(local, reduce_op="mean").unbind()
 
         clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
         grad_norm = parallel.clip_grad_norm(self.model.parameters(), clip)
@@ -156,12 +160,15 @@ class LitGPT(L.LightningModule):
         now = time.perf_counter()
         dt = now - self._last_step_end if self._last_step_end is not None else math.nan
         stats = torch.stack([train_loss.float(), grad_norm.to(train_loss.device).float(),
-                             micro_sq.to(train_loss.device).float()])
+                             micro_sq.to(train_loss.device).float(), stop_flag.float()])
         self._record_previous(in_step=True)  # the one host read of a steady-state step
         self._lagged.push(stats, _StepRecord(p, accum, dt))
         step = p.step + 1
         if step % self.val_every_steps == 0 or step == len(self.plan):
             self._record_previous(in_step=True, validate=True)
+
+    def _signal_received(self) -> bool:
+        return any(isinstance(cb, preemption.Preemption) and cb.received is not None for cb in self.trainer.callbacks)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Lightning calls the callbacks' hooks (checkpointing, preemption) before this one: the next step's time
@@ -171,13 +178,18 @@ class LitGPT(L.LightningModule):
     def on_train_end(self) -> None:
         self._record_previous(in_step=False)
 
+    def record_pending(self) -> None:
+        """Record the step whose statistics are still on the device (a run stopped by a callback)."""
+        self._record_previous(in_step=False)
+
     def _record_previous(self, in_step: bool, validate: bool = False) -> None:
         """Read the pending step's statistics, test divergence, update the noise scale and log its metrics."""
         popped = self._lagged.pop()
         if popped is None:
             return
-        rec, (train_loss, grad_norm, micro_sq) = popped
+        rec, (train_loss, grad_norm, micro_sq, stop_flag) = popped
         p, step = rec.plan, rec.plan.step + 1
+        self.stop_requested = stop_flag > 0
         if not math.isfinite(train_loss) or train_loss > self.max_loss:
             raise DivergedError(f"train/loss={train_loss:.4g} at step {step} "
                                 f"(ceiling trainer.max_loss={self.max_loss})")
