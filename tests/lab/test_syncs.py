@@ -9,6 +9,7 @@ would be one on CUDA; torch.cuda.set_sync_debug_mode checks the same on a GPU (b
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -54,13 +55,21 @@ class CountPerStep(L.Callback):
         self.caught.append(self.mode.count)
 
 
+class SlowCheckpoint(L.Callback):
+    """Stands for a checkpoint write: half a second in the hooks that end step 10."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 9:
+            time.sleep(0.5)
+
+
 def test_smoke_run_reads_the_device_at_most_once_per_step(tmp_path):
     counter = CountPerStep()
     cfg = compose_config(["experiment=smoke", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
                           f"checkpoint_dir={tmp_path}/ckpt", f"data.cache_dir={tmp_path}/cache",
                           "trainer.progress_bar=false", "trainer.val_every_steps=1000",
                           "trainer.checkpoint_every_steps=1000"])
-    result = train(cfg, callbacks=[counter])
+    result = train(cfg, callbacks=[counter, SlowCheckpoint()])
     steps = len(counter.helper)
     assert steps == 50
     steady = range(1, steps - 1)  # the first step has nothing to read yet; the last also validates
@@ -70,6 +79,9 @@ def test_smoke_run_reads_the_device_at_most_once_per_step(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for key in ("train/loss", "grad_norm", "tokens"):
         assert sorted(m.step for m in client.get_metric_history(result.run_id, key)) == list(range(1, 51))
+    # Step time leaves out what the hooks after a step do (checkpoint writing, here a 0.5 s sleep after step 10).
+    seconds = {m.step: 256 / m.value for m in client.get_metric_history(result.run_id, "throughput/tokens_per_s")}
+    assert seconds[11] < 0.4, f"step 11 took {seconds[11]:.3f} s: the checkpoint's time was counted"
 
 
 def test_lagged_stats_return_what_was_pushed_one_step_later():
