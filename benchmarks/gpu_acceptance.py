@@ -340,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         from lab.run import prepare
         from lab.train import compose_config
 
-        for model in MODELS:  # every GPU config composes and passes its checks (the GPU need not be present)
-            prepare(compose_config(overrides(work, data, f"prepare-{model}", model, dry=False, steps=25)))
+        # Every GPU config (S2, S4 at both sizes, S3's FSDP one) composes and passes its checks; no GPU needed.
+        for model, extra in [(m, ()) for m in MODELS] + [("124M", ("trainer=gpu_fsdp", "trainer.devices=1"))]:
+            prepare(compose_config(overrides(work, data, f"prepare-{model}", model, dry=False, steps=25, extra=extra)))
         print(f"prepared {work}: corpus {data['train']} and the configs of S2-S4")
         return 0
     import torch
