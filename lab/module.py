@@ -218,7 +218,8 @@ class LitGPT(L.LightningModule):
             metrics.update(self.validate_now(log=in_step))
             metrics[Metric.PEAK_MEMORY_MB] = peak_memory_bytes(self.device) / 2**20
             self.last_val_tokens = tokens
-        if in_step:
+        # Progress-bar values only when a bar shows them: self.log copies each value to the device (a sync on CUDA).
+        if in_step and self.trainer.progress_bar_callback is not None:
             self.log("loss", train_loss, prog_bar=True, logger=False)
             if Metric.TOKENS_PER_S in metrics:
                 self.log("tok/s", metrics[Metric.TOKENS_PER_S], prog_bar=True, logger=False)
@@ -241,7 +242,7 @@ class LitGPT(L.LightningModule):
         out = {Metric.VAL_LOSS: val}
         if self.acct.bytes_per_token:
             out[Metric.VAL_BPB] = val / math.log(2) / self.acct.bytes_per_token
-        if log:
+        if log and self.trainer.progress_bar_callback is not None:
             self.log("val", val, prog_bar=True, logger=False)
         return out
 
