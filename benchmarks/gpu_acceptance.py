@@ -40,6 +40,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tracking.record import Metric  # noqa: E402
+
 VOCAB = 50_257
 LLMC_MAGIC, LLMC_VERSION, HEADER_WORDS = 20240520, 1, 256
 DEFAULT_WORK = Path(".cache/gpu_acceptance")
@@ -175,7 +177,7 @@ def s2(device: str, dry: bool, work: Path, data: dict[str, str]) -> dict[str, An
     cfg = compose_config(overrides(work, data, "s2", "124M", dry=dry, steps=steps,
                                    extra=(f"trainer.val_every_steps={every}", f"trainer.checkpoint_every_steps={every}")))
     result = train(cfg, callbacks=[probe])
-    loss = [v for _, v in history(work, result.run_id, "train/loss")]
+    loss = [v for _, v in history(work, result.run_id, Metric.TRAIN_LOSS)]
     skip = {s for s in range(steps + 1) if s % every == 0}
     steady = [i for i in range(1, steps - 1) if (i + 1) % every != 0 and i % every != 0]
     out = {"steps": len(loss), "loss_first": loss[0], "loss_last": loss[-1],
@@ -183,8 +185,8 @@ def s2(device: str, dry: bool, work: Path, data: dict[str, str]) -> dict[str, An
            "cuda_syncs_per_step": max(probe.cuda_syncs[i] for i in steady) if probe.cuda_syncs else None,
            "fused_adamw": probe.fused, "bf16": cfg.trainer.precision == "bf16-mixed",
            "flash": bool(torch.backends.cuda.flash_sdp_enabled()) if device == "cuda" else None,
-           "tokens_per_s": _steady(work, result.run_id, "throughput/tokens_per_s", skip),
-           "mfu": _steady(work, result.run_id, "mfu", skip) if device == "cuda" else None}
+           "tokens_per_s": _steady(work, result.run_id, Metric.TOKENS_PER_S, skip),
+           "mfu": _steady(work, result.run_id, Metric.MFU, skip) if device == "cuda" else None}
     ok = out["steps"] == steps and out["loss_last"] < out["loss_first"] and out["host_reads_per_step"] <= 1
     if not dry:
         ok = ok and out["bf16"] and out["fused_adamw"] and out["flash"] and (out["cuda_syncs_per_step"] or 0) <= 1
@@ -230,7 +232,7 @@ def s3(device: str, dry: bool, work: Path, data: dict[str, str]) -> dict[str, An
     for name in ("s3-whole", "s3-killed"):
         run = json.loads((work / "ckpt" / "acceptance" / name / "run.json").read_text())
         ids[name] = run["run_id"]
-    a, b = history(work, ids["s3-killed"], "train/loss"), history(work, ids["s3-whole"], "train/loss")
+    a, b = history(work, ids["s3-killed"], Metric.TRAIN_LOSS), history(work, ids["s3-whole"], Metric.TRAIN_LOSS)
     once = [s for s, _ in a] == list(range(1, steps + 1))
     worst = max((abs(x - y) for (_, x), (_, y) in zip(a, b)), default=math.inf)
     return {"every_step_once": once, "worst_loss_diff": worst, "passed": once and worst < 1e-3}
@@ -285,7 +287,7 @@ def s4(device: str, dry: bool, work: Path, data: dict[str, str]) -> dict[str, An
             rows[model] = {"model_flops_per_token": per_token}
             continue
         result = train(cfg)
-        lab_tps = _steady(work, result.run_id, "throughput/tokens_per_s", set())
+        lab_tps = _steady(work, result.run_id, Metric.TOKENS_PER_S, set())
         plain_tps = cfg.batch.sequences * cfg.model.seq_len / plain_compiled_loop(cfg, p.data, steps)
         peak = p.peak_flops
         rows[model] = {"model_flops_per_token": per_token, "lab_tokens_per_s": lab_tps,

@@ -152,13 +152,17 @@ def test_sigkilled_run_resumes_into_same_run_with_every_step_once(tmp_path):
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.3)  # let it train past the checkpoint, so steps after it are recorded and must not repeat
+    # Let it train past the checkpoint until the store holds steps after it, which must not repeat. (The store
+    # receives metrics every 0.5 s, lab.store.SEND_EVERY_S, and a smoke step takes a few ms: poll, don't sleep.)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = json.loads((last.parent / "run.json").read_text())["run_id"]
+    while proc.poll() is None and time.monotonic() < deadline and \
+            max((s for s, _ in history(client, run_id, "train/loss")), default=0) <= 40:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    run_id = json.loads((last.parent / "run.json").read_text())["run_id"]
     assert client.get_run(run_id).info.status == "RUNNING"
     killed_at = max(s for s, _ in history(client, run_id, "train/loss"))
     assert 40 <= killed_at < 400
