@@ -11,6 +11,9 @@ Which N (decided here, used everywhere):
 
 C follows Kaplan: C = 6·N·D with the non-embedding N (forward 2N per token, backward twice the forward), plus
 optionally the attention term. Counts are computed from the config alone, so a 1B-parameter plan costs nothing.
+
+MFU uses another, named quantity: model FLOPs per token, 6·(N + d·V) + 12·n_layers·d·T (``model_flops_per_token``,
+PaLM appendix B), over the peak FLOP/s of the device for the dtype computed in (``peak_flops``, Lightning's table).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Optional, Union
 import torch
 
 from lab.model import GPTConfig
+
 
 class FlopsError(ValueError):
     """A non-positive or inconsistent budget argument; the message names it and the fix."""
