@@ -32,15 +32,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tracking.record import Metric  # noqa: E402
+from tracking.record import Metric
 
 VOCAB = 50_257
 LLMC_MAGIC, LLMC_VERSION, HEADER_WORDS = 20240520, 1, 256

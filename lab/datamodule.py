@@ -10,10 +10,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from lab.config import DataConfig
-from lab.data import StepBatches, TokenSampler, Tokens, builtin_corpus, load_tokens, validation_set
+from lab.data import (
+    StepBatches,
+    Tokens,
+    TokenSampler,
+    builtin_corpus,
+    load_tokens,
+    validation_set,
+)
 from lab.data.prefetch import Prefetched
 from lab.schedules import PlanStep
-
 
 PREFETCH_STEPS = 2
 """Optimizer steps of batches a background thread prepares ahead of training (lab.data.prefetch)."""

@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lab.data.tokens import Tokens, TokenFileError, TokenStream, describe_source, load_tokens
+from lab.data.tokens import (
+    TokenFileError,
+    Tokens,
+    TokenStream,
+    describe_source,
+    load_tokens,
+)
 
 BLOCK = 1024
 """Sequence indices per random stream: creating one stream costs ~30 µs, amortised over 1024 draws."""

@@ -10,9 +10,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-import gpu_acceptance  # noqa: E402
+import gpu_acceptance
 
-from lab.data import load_tokens  # noqa: E402
+from lab.data import load_tokens
 
 
 def test_dry_run_passes_every_stage(tmp_path):
