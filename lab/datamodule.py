@@ -67,5 +67,8 @@ class TokenData(L.LightningDataModule):
             world_size=self.trainer.world_size if self.trainer is not None else 1,
         )
         on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        # Batching, order and resumption are StepBatches'; the thread only runs it ahead (pinned on CUDA).
-        return DataLoader(Prefetched(dataset, depth=PREFETCH_STEPS, pin=on_cuda), batch_size=None, num_workers=0)
+        # Batching, order and resumption are StepBatches'; on CUDA a thread runs it ahead and pins the batches.
+        # On a CPU the "device" is the cores themselves: a second thread only competes with the step
+        # (benchmarks/train_step.py lost ~7% with it on a busy 2-core machine), so batches are gathered inline.
+        source = Prefetched(dataset, depth=PREFETCH_STEPS, pin=True) if on_cuda else dataset
+        return DataLoader(source, batch_size=None, num_workers=0)
