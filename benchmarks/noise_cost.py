@@ -57,7 +57,7 @@ def micro_norm(enabled: bool, calls: list[float]) -> Iterator[None]:
         calls.append(time.perf_counter() - t0)
         return out
 
-    parallel.grad_sq_norm = timed if enabled else (lambda params: float("nan"))
+    parallel.grad_sq_norm = timed if enabled else (lambda params: torch.tensor(float("nan")))
     try:
         yield
     finally:

@@ -17,6 +17,8 @@ DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
 BATCH_SCHEDULES = ("constant", "linear", "stepwise")
 LR_RESCALE_RULES = ("none", "linear", "sqrt")
 STRATEGIES = ("auto", "ddp", "fsdp")
+PRECISIONS = ("32-true", "bf16-mixed")
+"""trainer.precision: fp32 master weights always; bf16-mixed computes matmuls in bf16 (lab.parallel.PrecisionPolicy)."""
 """One device | DDP | FSDP2 through Lightning's ModelParallelStrategy (lab.parallel)."""
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -59,6 +61,10 @@ class ModelConfig:
     """muP width scaling so that the optimal lr transfers across width (Yang et al. 2022)."""
     mup_base_width: int = 64
     init_std: float = 0.02
+    multiple_of: int = 8
+    """SwiGLU hidden width rounded to a multiple of this (GPU presets: 256)."""
+    vocab_multiple_of: int = 1
+    """Embedding/head rows padded to a multiple of this (GPU presets: 128); padding is masked, N unchanged."""
 
     def __post_init__(self) -> None:
         explicit = (self.d_model, self.n_layers, self.n_heads)
@@ -244,20 +250,27 @@ class TrainerConfig:
     """torch intra-op threads; parallel workers must own one thread per core (environment.md)."""
     val_every_steps: int = 50
     checkpoint_every_steps: int = 50
+    val_every_tokens: Optional[float] = None
+    """Validate every this many tokens (whole steps of the first batch) instead of val_every_steps (GPU presets)."""
+    checkpoint_every_minutes: Optional[float] = None
+    """Write last.ckpt every this many minutes of training instead of every checkpoint_every_steps (GPU presets)."""
     max_loss: float = 20.0
     """Divergence ceiling in nats/token: a loss above it (or NaN/inf) ends the run as FAILED."""
     peak_flops: Optional[float] = None
-    """Peak FLOP/s of one device for MFU; None looks the accelerator up in lab.flops.PEAK_FLOPS."""
+    """Peak FLOP/s of one device for MFU; None: Lightning's table for the device and the dtype computed in
+    (lab.flops.peak_flops); a device it does not know (any CPU) records no MFU."""
     progress_bar: bool = True
     compile: Optional[bool] = None
-    """torch.compile each transformer block (fuses RMSNorm, SwiGLU, rotary); None: where it is faster over the whole
-    run, i.e. runs of >= 1,000 steps, which repay the first compile (lab.parallel.compile_default)."""
+    """torch.compile each transformer block (fuses RMSNorm, SwiGLU, rotary) and, on CUDA, the loss; None: on CUDA
+    whatever the run length, never on a CPU (lab.parallel.compile_default)."""
     compile_mode: Optional[str] = None
     """torch.compile mode (None: torch's default; e.g. max-autotune)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass: less memory for ~1/3 more compute."""
-    fsdp_bf16: bool = True
-    """strategy=fsdp on CUDA: bf16 parameters for compute, fp32 gradient reduction (ignored on the CPU)."""
+    loss_impl: str = "lab"
+    """Loss kernel: lab (lab.losses, naive or chunked by fused_ce_chunk), liger or cce (CUDA; the gpu extra)."""
+    hsdp: bool = False
+    """strategy=fsdp across nodes: shard within each node, replicate across the trainer.num_nodes nodes (HSDP)."""
     fused_ce_chunk: Optional[int] = None
     """Rows (tokens) per chunk of the fused linear + cross-entropy loss, which never builds the full (tokens, V)
     logits (lab.losses); None: the naive loss."""
@@ -272,11 +285,16 @@ class TrainerConfig:
         _require(self.fused_ce_chunk is None or self.fused_ce_chunk >= 1, "trainer.fused_ce_chunk",
                  self.fused_ce_chunk, "use a positive number of rows, e.g. 4096, or null for the naive loss")
         _one_of("trainer.strategy", self.strategy, STRATEGIES)
+        _one_of("trainer.precision", self.precision, PRECISIONS)
+        _one_of("trainer.loss_impl", self.loss_impl, ("lab", "liger", "cce"))
         _require(self.devices >= 1, "trainer.devices", self.devices, "use at least 1 device")
         _require(self.num_nodes >= 1, "trainer.num_nodes", self.num_nodes, "use at least 1 node")
         _require(self.val_every_steps >= 1, "trainer.val_every_steps", self.val_every_steps, "use >= 1")
         _require(self.checkpoint_every_steps >= 1, "trainer.checkpoint_every_steps",
                  self.checkpoint_every_steps, "use >= 1")
+        for name in ("val_every_tokens", "checkpoint_every_minutes"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"trainer.{name}", value, "use a positive number, or null")
         _require(self.max_loss > 0, "trainer.max_loss", self.max_loss, "use a positive loss ceiling")
         points = [float(t) for t in self.checkpoint_at_tokens]
         _require(all(t > 0 for t in points) and points == sorted(set(points)), "trainer.checkpoint_at_tokens",

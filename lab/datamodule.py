@@ -25,7 +25,11 @@ from lab.data import (
 from lab.data.manifest import read_manifest
 from lab.data.subword import builtin_subword
 from lab.lineage import DataLineage
+from lab.data.prefetch import Prefetched
 from lab.schedules import PlanStep
+
+PREFETCH_STEPS = 2
+"""Optimizer steps of batches a background thread prepares ahead of training (lab.data.prefetch)."""
 
 
 def _sha(text: str) -> str:
@@ -96,4 +100,9 @@ class TokenData(L.LightningDataModule):
             rank=self.trainer.global_rank if self.trainer is not None else 0,
             world_size=self.trainer.world_size if self.trainer is not None else 1,
         )
-        return DataLoader(dataset, batch_size=None, num_workers=0)
+        on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        # Batching, order and resumption are StepBatches'; on CUDA a thread runs it ahead and pins the batches.
+        # On a CPU the "device" is the cores themselves: a second thread only competes with the step
+        # (benchmarks/train_step.py lost ~7% with it on a busy 2-core machine), so batches are gathered inline.
+        source = Prefetched(dataset, depth=PREFETCH_STEPS, pin=True) if on_cuda else dataset
+        return DataLoader(source, batch_size=None, num_workers=0)

@@ -6,30 +6,24 @@ Which N (decided here, used everywhere):
   too; this GPT has none (rotary). Norm gains and biases are counted: they are tiny (≈ 2·n_layers·d) and are
   real parameters of the blocks. N ≈ 12·n_layers·d_model² for both MLP kinds.
 - ``total_params`` is Chinchilla's N (Hoffmann et al. 2022 count all parameters): N plus the embedding, plus the
-  head when untied (a tied matrix is counted once). It equals ``sum(p.numel() for p in GPT(cfg).parameters())``.
+  head when untied (a tied matrix is counted once). It equals ``sum(p.numel() for p in GPT(cfg).parameters())``
+  less the padding rows of a padded vocabulary (``model.vocab_multiple_of``), which are never used.
 
 C follows Kaplan: C = 6·N·D with the non-embedding N (forward 2N per token, backward twice the forward), plus
 optionally the attention term. Counts are computed from the config alone, so a 1B-parameter plan costs nothing.
+
+MFU uses another, named quantity: model FLOPs per token, 6·(N + d·V) + 12·n_layers·d·T (``model_flops_per_token``,
+PaLM appendix B), over the peak FLOP/s of the device for the dtype computed in (``peak_flops``, Lightning's table).
 """
 
 from __future__ import annotations
 
-from types import MappingProxyType
-from typing import Mapping, Optional
+import warnings
+from typing import Optional, Union
+
+import torch
 
 from lab.model import GPTConfig
-
-# Peak dense tensor-core throughput per device in FLOP/s (bf16, no sparsity), from the vendors' datasheets:
-# H100 SXM 989.4 TFLOPS (NVIDIA H100 datasheet, 1,979 "with sparsity" / 2); H200 has the H100's compute;
-# A100 312 TFLOPS (NVIDIA A100 datasheet). "cpu" is a placeholder of the right order for a few cores: CPUs differ
-# by 100x, so set the real number for your machine (trainer.peak_flops=<FLOP/s>) before reading MFU from it.
-PEAK_FLOPS: Mapping[str, float] = MappingProxyType({
-    "h100": 989e12,
-    "h100-sxm": 989e12,
-    "h200": 989e12,
-    "a100": 312e12,
-    "cpu": 1e12,
-})
 
 
 class FlopsError(ValueError):
@@ -83,6 +77,19 @@ def flops_per_token(cfg: GPTConfig, attention: bool = True, head: bool = False) 
     return per_token
 
 
+def model_flops_per_token(cfg: GPTConfig) -> float:
+    """Model FLOPs per trained token, as MFU is reported everywhere: 6·(N + d·V) + 12·n_layers·d·T.
+
+    PaLM (Chowdhery et al. 2022) appendix B and nanoGPT's ``estimate_mfu``: every weight matrix costs 6 FLOPs per
+    token and parameter (forward 2, backward 4), the output head's d·V included, and attention's q·k and
+    attention-weighted-value products 12·n_layers·d·T (not halved for the causal mask). The head counts the
+    vocabulary actually multiplied (``cfg.padded_vocab``: a padded head computes its padded rows). This is the
+    throughput figure (``tracking.record.Metric.MODEL_FLOPS``), never C = 6·N·D of the laws.
+    """
+    N = non_embedding_params(cfg)
+    return 6.0 * (N + cfg.d_model * cfg.padded_vocab) + 12.0 * cfg.n_layers * cfg.d_model * cfg.seq_len
+
+
 def training_flops(N: float, D: float) -> float:
     """C = 6·N·D FLOPs (Kaplan et al. 2020, §2.1: C ≈ 6N per training token, attention term neglected)."""
     _positive(N=N, D=D)
@@ -113,15 +120,20 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float
     return tokens_per_s * flops_per_token / peak_flops
 
 
-def peak_flops_for(device: str, override: Optional[float] = None) -> float:
-    """Peak FLOP/s of one device: ``override`` if given, else the PEAK_FLOPS entry whose key appears in the
-    device name (case-insensitive, e.g. "NVIDIA H100 80GB HBM3" -> h100; "cpu")."""
+def peak_flops(device: Union[str, torch.device], dtype: Union[torch.dtype, str], override: Optional[float] = None) -> Optional[float]:
+    """Peak FLOP/s of one device for matmuls in ``dtype``: ``override`` (trainer.peak_flops) if given, else
+    Lightning's ``get_available_flops`` (datasheet figures per chip and dtype; fp32 reads the TF32 figure when
+    TF32 is on). None, with a warning, for a device Lightning does not know (every CPU): the run then records no
+    MFU rather than a made-up one."""
     if override is not None:
         _positive(peak_flops=override)
         return float(override)
-    name = device.lower().replace(" ", "-")
-    for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # longest first: "h100-sxm" before "h100"
-        if key in name:
-            return PEAK_FLOPS[key]
-    raise FlopsError(f"no peak FLOP/s known for device {device!r} (known: {', '.join(PEAK_FLOPS)}); "
-                     "set trainer.peak_flops=<FLOP/s of one device>")
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    device = torch.device(device)
+    found = get_available_flops(device, dtype) if device.type in ("cuda", "xla") else None
+    if found is None:
+        warnings.warn(f"no peak FLOP/s known for {device} in {dtype}: MFU is not recorded; set "
+                      "trainer.peak_flops=<FLOP/s of one device> to record it", stacklevel=2)
+        return None
+    return float(found)

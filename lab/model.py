@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MLP_KINDS = ("swiglu", "gelu")
-SWIGLU_MULTIPLE_OF = 8  # SwiGLU hidden width is rounded to a multiple of 8 for matmul-friendly shapes
+SWIGLU_MULTIPLE_OF = 8  # default rounding of the SwiGLU hidden width (LLaMA rounds to 256; GPU presets do too)
 
 
 class GPTConfigError(ValueError):
@@ -69,9 +69,16 @@ class GPTConfig:
     """d_model at which muP equals the standard parametrisation (width multiplier m = 1)."""
     bias: bool = False
     """Biases in the linear layers of the blocks (never in the output head)."""
+    multiple_of: int = SWIGLU_MULTIPLE_OF
+    """SwiGLU hidden width is rounded to a multiple of this (tensor-core friendly shapes; GPU presets 256)."""
+    vocab_multiple_of: int = 1
+    """Embedding and head rows are padded to a multiple of this (GPU presets 128, as nanoGPT's 50,304). Padded
+    rows are never predicted (the loss masks their logits) nor looked up, and N is counted as before: the
+    non-embedding N has no vocabulary term, and the embedding counts ``vocab_size`` rows, not the padding."""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mup_base_width"):
+        for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "mup_base_width", "multiple_of",
+                     "vocab_multiple_of"):
             _positive_int(name, getattr(self, name))
         if self.d_model % self.n_heads != 0:
             raise GPTConfigError(
@@ -97,12 +104,17 @@ class GPTConfig:
         return self.d_model // self.n_heads
 
     @property
+    def padded_vocab(self) -> int:
+        """Rows of the embedding and head: vocab_size rounded up to a multiple of vocab_multiple_of."""
+        return -(-self.vocab_size // self.vocab_multiple_of) * self.vocab_multiple_of
+
+    @property
     def mlp_hidden(self) -> int:
-        """MLP hidden width: ratio·d (gelu), or round(ratio·d) to a multiple of 8 (swiglu, as in LLaMA)."""
+        """MLP hidden width: ratio·d (gelu), or round(ratio·d) to a multiple of ``multiple_of`` (swiglu, LLaMA)."""
         if self.mlp == "gelu":
             return max(1, round((self.mlp_ratio or 4.0) * self.d_model))
         raw = (self.mlp_ratio or 8.0 / 3.0) * self.d_model
-        return SWIGLU_MULTIPLE_OF * max(1, round(raw / SWIGLU_MULTIPLE_OF))
+        return self.multiple_of * max(1, round(raw / self.multiple_of))
 
     @property
     def width_mult(self) -> float:
@@ -191,11 +203,11 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.tok_emb = nn.Embedding(cfg.padded_vocab, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model)
         # Tied: no separate head module, so every parameter is listed once and counted once.
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.padded_vocab, bias=False)
         cos, sin = rope_tables(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
         # Non-persistent: derived from the config, so checkpoints neither carry nor depend on them.
         self.register_buffer("rope_cos", cos, persistent=False)  # (T, hd/2)
@@ -226,7 +238,8 @@ class GPT(nn.Module):
 
     @property
     def output_weight(self) -> torch.Tensor:
-        """The (V, d) matrix that maps the final hidden state to logits (the embedding when tied)."""
+        """The (V_padded, d) matrix that maps the final hidden state to logits (the embedding when tied); rows
+        from ``cfg.vocab_size`` on are padding, which the loss masks (``vocab_size=cfg.vocab_size``)."""
         return self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
 
     @property
@@ -248,8 +261,8 @@ class GPT(nn.Module):
         return self.norm(x)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V) = (hidden(idx) @ output_weight.T) · logit_scale."""
-        logits = F.linear(self.hidden(idx), self.output_weight)  # (B, T, V)
+        """Logits (B, T, V) = (hidden(idx) @ output_weight.T) · logit_scale, the padded rows left out."""
+        logits = F.linear(self.hidden(idx), self.output_weight)[..., : self.cfg.vocab_size]  # (B, T, V)
         return logits * self.logit_scale if self.cfg.mup else logits
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
@@ -345,4 +358,5 @@ def gpt_config(model: Any, **shape: int) -> GPTConfig:
     shape = shape or resolve_size(model.size, model.d_model, model.n_layers, model.n_heads)
     return GPTConfig(vocab_size=model.vocab_size, seq_len=model.seq_len, mlp=model.mlp,
                      tie_embeddings=model.tie_embeddings, mup=model.mup, mup_base_width=model.mup_base_width,
-                     init_std=model.init_std, **shape)
+                     init_std=model.init_std, multiple_of=model.multiple_of,
+                     vocab_multiple_of=model.vocab_multiple_of, **shape)

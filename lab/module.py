@@ -11,6 +11,13 @@ sharded), so the first micro-batch's gradient already averages all ranks: its ba
 The big batch is always the global step batch. Validation: every rank evaluates the whole fixed held-out set
 (it is small) with the same parameters, and rank 0's number is broadcast so every rank reports and acts on the
 same value (pruners, early stopping).
+
+Host syncs (lab.syncs): a step keeps its loss, gradient norm and micro-batch norm on the device and reads the
+previous step's, so the host queues step k+1 while the device runs step k. Each step's metrics, the divergence
+test and the noise-scale update therefore happen one step late (at the next step, a validation, a checkpoint or
+the end), with the values of the step they belong to. Step time runs from the end of the previous step's hooks
+(after any checkpoint) to the end of the optimizer step, before validation: it counts data loading but never
+validation or checkpoint writing.
 """
 
 from __future__ import annotations
@@ -26,12 +33,15 @@ import torch
 from lightning.pytorch.strategies import ParallelStrategy
 from torch import nn
 
-from lab import parallel
+from lab import parallel, preemption
 from lab.config import OptimConfig
 from lab.losses import cross_entropy
 from lab.noise import LOG_EVERY_STEPS, NoiseScale
 from lab.schedules import PlanStep
+from lab.syncs import LaggedStats
 from lab.throughput import peak_memory_bytes, throughput
+from lab.logger import PENDING_KEY
+from tracking.record import Metric
 
 
 class DivergedError(RuntimeError):
@@ -43,12 +53,22 @@ class Accounting:
     """Per-token constants the module reports against."""
 
     seq_len: int
-    flops_per_token: float
-    """Training FLOPs per token, attention included (lab.flops.flops_per_token)."""
-    peak_flops: float
-    """Peak FLOP/s of all devices together, the MFU denominator."""
+    model_flops_per_token: float
+    """Model FLOPs per token, head and attention included (lab.flops.model_flops_per_token): MFU's numerator."""
+    peak_flops: Optional[float]
+    """Peak FLOP/s of all devices together, the MFU denominator; None: unknown device, no MFU recorded."""
     bytes_per_token: Optional[float]
     """1.0 for byte-level tokens; None when unknown (then val/bpb is not logged)."""
+
+
+@dataclass(frozen=True)
+class _StepRecord:
+    """What the host knows of a step when it is queued; its device statistics are read one step later."""
+
+    plan: PlanStep
+    accum: int
+    seconds: float
+    """Step time (module docstring); NaN for the first step of a launch."""
 
 
 class LitGPT(L.LightningModule):
@@ -74,14 +94,21 @@ class LitGPT(L.LightningModule):
         self.last_val_tokens = 0
         """Tokens seen at the last validation: callbacks (pruners) read it with last_val_loss."""
         self._last_step_end: Optional[float] = None
+        self._lagged: LaggedStats[_StepRecord] = LaggedStats()
+        self._loss_fn = cross_entropy
+        self.stop_requested: Optional[bool] = None
+        """Some rank received a preemption signal by the last step read (lab.preemption reads it under DDP/FSDP)."""
 
     def configure_model(self) -> None:
         # Called by Lightning once the processes (and, under FSDP, the device mesh) exist; idempotent because
         # Lightning may call it again for a later fit/validate on the same module.
         if getattr(self, "_parallelized", False):
             return
+        if self.device.type == "cuda":
+            parallel.enable_tf32()
         mesh = self.device_mesh["data_parallel"] if self.parallelism.strategy == "fsdp" else None
         parallel.apply(self.model, self.parallelism, device_mesh=mesh)
+        self._loss_fn = parallel.loss_function(self.parallelism, self.device.type)
         self._parallelized = True
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -93,8 +120,8 @@ class LitGPT(L.LightningModule):
                                  fused=True if on_cuda else None, foreach=None if on_cuda else True)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(self.model.hidden(x), self.model.output_weight, y, scale=self.model.logit_scale,
-                             chunk_size=self.loss_chunk)
+        return self._loss_fn(self.model.hidden(x), self.model.output_weight, y, scale=self.model.logit_scale,
+                             chunk_size=self.loss_chunk, vocab_size=self.model.cfg.vocab_size)
 
     def _no_grad_sync(self) -> AbstractContextManager[None]:
         strategy = self.trainer.strategy
@@ -110,63 +137,97 @@ class LitGPT(L.LightningModule):
         x, y = batch["x"], batch["y"]  # (A, micro, T) on this rank
         accum = x.shape[0]
         loss_sum = torch.zeros((), device=self.device)
-        micro_sq = math.nan
+        micro_sq = torch.full((), math.nan, device=self.device)
         for i in range(accum):
             # DDP: no all-reduce before the last micro-batch (no-op on one device and under FSDP).
             with self._no_grad_sync() if i < accum - 1 else nullcontext():
                 loss = self._loss(x[i], y[i])
                 self.manual_backward(loss / accum)
-            loss_sum += loss.detach()
+            loss_sum += loss.detach().float()
             if i == 0 and accum > 1:
                 # .grad holds g_micro/accum right after the first backward: one norm per step gives |g_micro|².
                 micro_sq = parallel.grad_sq_norm(self.model.parameters()) * accum**2
-        # The mean over ranks, so every rank logs and tests divergence on the same number.
-        train_loss = self.trainer.strategy.reduce(loss_sum / accum, reduce_op="mean").item()
-        if not math.isfinite(train_loss) or train_loss > self.max_loss:
-            raise DivergedError(f"train/loss={train_loss:.4g} at step {p.step + 1} "
-                                f"(ceiling trainer.max_loss={self.max_loss})")
+        # The mean over ranks (one device all-reduce), so every rank logs and tests divergence on the same number;
+        # the preemption flags ride along (> 0: some rank received a signal), read with the rest a step later.
+        local = torch.stack([loss_sum / accum, torch.full((), float(self._signal_received()), device=self.device)])
+        train_loss, stop_flag = self.trainer.strategy.reduce(local, reduce_op="mean").unbind()
 
         clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else math.inf
         grad_norm = parallel.clip_grad_norm(self.model.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-        tokens_step = p.sequences * self.acct.seq_len
-        tokens = p.tokens_before + tokens_step
-        step = p.step + 1
         now = time.perf_counter()
         dt = now - self._last_step_end if self._last_step_end is not None else math.nan
-        self._last_step_end = now
+        stats = torch.stack([train_loss.float(), grad_norm.to(train_loss.device).float(),
+                             micro_sq.to(train_loss.device).float(), stop_flag.float()])
+        self._record_previous(in_step=True)  # the one host read of a steady-state step
+        self._lagged.push(stats, _StepRecord(p, accum, dt))
+        step = p.step + 1
+        if step % self.val_every_steps == 0 or step == len(self.plan):
+            self._record_previous(in_step=True, validate=True)
+
+    def _signal_received(self) -> bool:
+        return any(isinstance(cb, preemption.Preemption) and cb.received is not None for cb in self.trainer.callbacks)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Lightning calls the callbacks' hooks (checkpointing, preemption) before this one: the next step's time
+        # starts after them.
+        self._last_step_end = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        self._record_previous(in_step=False)
+
+    def record_pending(self) -> None:
+        """Record the step whose statistics are still on the device (a run stopped by a callback)."""
+        self._record_previous(in_step=False)
+
+    def _record_previous(self, in_step: bool, validate: bool = False) -> None:
+        """Read the pending step's statistics, test divergence, update the noise scale and log its metrics."""
+        popped = self._lagged.pop()
+        if popped is None:
+            return
+        rec, (train_loss, grad_norm, micro_sq, stop_flag) = popped
+        p, step = rec.plan, rec.plan.step + 1
+        self.stop_requested = stop_flag > 0
+        if not math.isfinite(train_loss) or train_loss > self.max_loss:
+            raise DivergedError(f"train/loss={train_loss:.4g} at step {step} "
+                                f"(ceiling trainer.max_loss={self.max_loss})")
+        tokens_step = p.sequences * self.acct.seq_len
+        tokens = p.tokens_before + tokens_step
         metrics = {
-            "train/loss": train_loss,
-            "lr": p.lr,
-            "batch_tokens": float(tokens_step),
-            "tokens": float(tokens),
-            "flops": self.acct.flops_per_token * tokens,
-            "grad_norm": grad_norm,
+            Metric.TRAIN_LOSS: train_loss,
+            Metric.LR: p.lr,
+            Metric.BATCH_TOKENS: float(tokens_step),
+            Metric.TOKENS: float(tokens),
+            Metric.MODEL_FLOPS: self.acct.model_flops_per_token * tokens,
+            Metric.GRAD_NORM: grad_norm,
         }
-        if math.isfinite(dt) and dt > 0:
-            metrics.update(throughput(tokens_step, dt, self.acct.flops_per_token, self.acct.peak_flops).metrics())
-        if accum > 1:
+        if math.isfinite(rec.seconds) and rec.seconds > 0:
+            metrics.update(throughput(tokens_step, rec.seconds, self.acct.model_flops_per_token,
+                                      self.acct.peak_flops).metrics())
+        if rec.accum > 1:
             # Tokens behind the first micro-batch's gradient (module docstring): all ranks' under FSDP.
             ranks = self.trainer.world_size if self.parallelism.sharded else 1
             b_micro = self.micro_batch * self.acct.seq_len * ranks
             b_simple = self.noise.update(micro_sq, b_micro, grad_norm**2, tokens_step)
             logged = step % LOG_EVERY_STEPS == 0 or step == len(self.plan)  # measured every step, logged sparser
             if logged and b_simple is not None and math.isfinite(b_simple):
-                metrics["noise/b_simple"] = b_simple
-        if step % self.val_every_steps == 0 or step == len(self.plan):
-            metrics.update(self.validate_now())
-            metrics["throughput/peak_memory_mb"] = peak_memory_bytes(self.device) / 2**20
+                metrics[Metric.B_SIMPLE] = b_simple
+        if validate:
+            metrics.update(self.validate_now(log=in_step))
+            metrics[Metric.PEAK_MEMORY_MB] = peak_memory_bytes(self.device) / 2**20
             self.last_val_tokens = tokens
-        self.log("loss", train_loss, prog_bar=True, logger=False)
-        if "throughput/tokens_per_s" in metrics:
-            self.log("tok/s", metrics["throughput/tokens_per_s"], prog_bar=True, logger=False)
+        # Progress-bar values only when a bar shows them: self.log copies each value to the device (a sync on CUDA).
+        if in_step and self.trainer.progress_bar_callback is not None:
+            self.log("loss", train_loss, prog_bar=True, logger=False)
+            if Metric.TOKENS_PER_S in metrics:
+                self.log("tok/s", metrics[Metric.TOKENS_PER_S], prog_bar=True, logger=False)
         if self.logger is not None:
             self.logger.log_metrics(metrics, step=step)
 
     @torch.no_grad()
-    def validate_now(self) -> dict[str, float]:
+    def validate_now(self, log: bool = True) -> dict[str, float]:
         """Mean loss on the fixed held-out sequences, in nats/token (and bits/byte for byte-level data)."""
         was_training = self.model.training
         self.model.eval()
@@ -178,18 +239,24 @@ class LitGPT(L.LightningModule):
         if self.trainer.world_size > 1:
             val = self.trainer.strategy.broadcast(val, src=0)  # equal on every rank already; now bit-for-bit
         self.last_val_loss = val
-        out = {"val/loss": val}
+        out = {Metric.VAL_LOSS: val}
         if self.acct.bytes_per_token:
-            out["val/bpb"] = val / math.log(2) / self.acct.bytes_per_token
-        self.log("val", val, prog_bar=True, logger=False)
+            out[Metric.VAL_BPB] = val / math.log(2) / self.acct.bytes_per_token
+        if log and self.trainer.progress_bar_callback is not None:
+            self.log("val", val, prog_bar=True, logger=False)
         return out
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Every metric up to this step must be in the store or in the checkpoint: a resume starts here and skips
-        # the steps already recorded, so each step lands exactly once. Under lab-train, PendingMetrics puts the
-        # unsent ones into the checkpoint and this flush returns at once; a logger without it waits for the store.
+        # the steps already recorded, so each step lands exactly once. The pending step's statistics are read and
+        # logged first (they belong to the checkpointed state); Lightning calls the callbacks' hooks before this
+        # one, so the unsent rows PendingMetrics put into the checkpoint are taken again to include that step.
+        # A logger without PendingMetrics waits for the store in flush().
+        self._record_previous(in_step=False)
         if self.logger is not None and hasattr(self.logger, "flush"):
             self.logger.flush()
+        if PENDING_KEY in checkpoint and hasattr(self.logger, "pending_rows"):
+            checkpoint[PENDING_KEY] = self.logger.pending_rows()
         checkpoint["lab"] = {"noise": self.noise.state_dict(), "last_val_loss": self.last_val_loss}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -113,13 +113,14 @@ class NoiseScale:
         self.skipped = int(state["skipped"])
 
 
-def grad_sq_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
-    """Σ |p.grad|² over parameters with a gradient, accumulated in at least float32 whatever the gradient dtype.
+def grad_sq_norm_tensor(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+    """Σ |p.grad|² over parameters with a gradient, as a 0-d float64 tensor on the first gradient's device, with
+    no host sync; accumulated in at least float32 whatever the gradient dtype.
 
-    Uses one fused torch._foreach_norm per device and dtype group (as clip_grad_norm_ does) and one host sync.
-    Float32 accumulation matters: the noise estimate subtracts two close squared norms, which bf16 would swamp.
-    Gradients are assumed whole on each rank (single device or DDP); sharded gradients (FSDP) need their
-    squared norms summed across shards by the caller.
+    Uses one fused torch._foreach_norm per device and dtype group (as clip_grad_norm_ does). Float32 accumulation
+    matters: the noise estimate subtracts two close squared norms, which bf16 would swamp. Gradients are assumed
+    whole on each rank (single device or DDP); sharded gradients (FSDP) need their squared norms summed across
+    shards by the caller.
     """
     # Group by device and accumulation dtype: float64 gradients keep float64, everything else gets float32.
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
@@ -128,7 +129,7 @@ def grad_sq_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
             acc = torch.float64 if p.grad.dtype == torch.float64 else torch.float32
             groups.setdefault((p.grad.device, acc), []).append(p.grad)
     if not groups:
-        return 0.0
+        return torch.zeros((), dtype=torch.float64)
     partial = []
     for (_, acc), grads in groups.items():
         if hasattr(torch, "_foreach_norm"):
@@ -137,4 +138,11 @@ def grad_sq_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
             norms = [torch.linalg.vector_norm(g, dtype=acc) for g in grads]
         partial.append(torch.stack(norms).square().sum().double())
     first = partial[0].device
-    return float(torch.stack([x.to(first) for x in partial]).sum().item())
+    return torch.stack([x.to(first) for x in partial]).sum()
+
+
+def grad_sq_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
+    """:func:`grad_sq_norm_tensor` read on the host (one sync)."""
+    return float(grad_sq_norm_tensor(parameters).item())
+
+

@@ -115,8 +115,15 @@ class Preemption(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step, steps = int(batch["step"]) + 1, len(pl_module.plan)
-        # Every rank stops at the same step (saving is collective); any rank's signal counts.
-        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False) or step == steps:
+        # Every rank stops at the same step (saving is collective); any rank's signal counts. With several ranks,
+        # lab.module all-reduces the signal flags with the step's statistics and reads them one step late, which
+        # saves a host sync per step; alone, the local flag decides at once.
+        lagged = getattr(pl_module, "stop_requested", None)
+        if trainer.world_size > 1 and lagged is not None:
+            anywhere = bool(lagged)
+        else:
+            anywhere = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        if not anywhere or step == steps:
             return
         path = self.ckpt_dir / Checkpoint.LAST
         trainer.save_checkpoint(path)
@@ -135,6 +142,9 @@ class Preemption(L.Callback):
         self._restore()
         logger = trainer.logger
         if isinstance(exception, STOPS) and logger is not None:
+            record = getattr(pl_module, "record_pending", None)
+            if record is not None:
+                record()  # the stopped step's statistics, which lab.module reads one step late
             kind = FailureKind.PREEMPTED if isinstance(exception, Preempted) else exception.kind
             logger.set_tags({Tag.STATUS_REASON: str(exception)[:REASON_LIMIT], Tag.STATUS_KIND: kind})
             logger.finalize("KILLED")  # flushes the buffered metrics, then ends the MLflow run KILLED

@@ -17,10 +17,9 @@ from typing import Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
-from lab import branching, flops, identity, lineage, parallel, preemption
+from lab import branching, checkpoints, flops, identity, lineage, parallel, preemption
 from lab.config import ConfigError, TrainConfig
 from lab.datamodule import TokenData
 from lab.model import GPT, GPTConfig, gpt_config
@@ -94,11 +93,14 @@ def step_plan(cfg: TrainConfig, D: int) -> list[PlanStep]:
     return schedule_plan(lr_s, batch_s, D, cfg.model.seq_len, o.lr, b.lr_rescale)
 
 
-def peak_flops(cfg: TrainConfig) -> float:
-    """The MFU denominator: one device's peak FLOP/s (looked up by name unless configured) times devices."""
+def peak_flops(cfg: TrainConfig) -> Optional[float]:
+    """The MFU denominator: one device's peak FLOP/s for the dtype computed in, times devices; None: unknown."""
     on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
-    device = torch.cuda.get_device_name() if on_gpu else "cpu"
-    return flops.peak_flops_for(device, cfg.trainer.peak_flops) * cfg.world_size
+    if on_gpu:
+        parallel.enable_tf32()
+    dtype = parallel.peak_dtype(parallel.precision_policy(cfg.trainer))
+    one = flops.peak_flops(torch.device("cuda" if on_gpu else "cpu"), dtype, cfg.trainer.peak_flops)
+    return one * cfg.world_size if one is not None else None
 
 
 def checkpoint_dir(cfg: TrainConfig, run_name: str) -> Path:
@@ -139,7 +141,7 @@ class PreparedRun:
     ckpt_dir: Path
     resume_run_id: Optional[str]
     resume_ckpt: Optional[Path]
-    peak_flops: float
+    peak_flops: Optional[float]
     lr_schedule: Optional[LRSchedule] = None
     branch: Optional[branching.Branch] = None
     """Set when the run starts from a reference's checkpoint (init.checkpoint): a critical-batch-size branch."""
@@ -191,7 +193,8 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
                                 Param.SEQ_LEN: cfg.model.seq_len, Param.B_TOKENS: B_tokens,
                                 Param.B_SEQUENCES: cfg.batch.sequences, Param.D: D, Param.C: compute(N, D),
                                 Param.STEPS: len(plan),
-                                "flops_per_token": flops.flops_per_token(gpt_cfg), Param.PEAK_FLOPS: p.peak_flops,
+                                Param.MODEL_FLOPS_PER_TOKEN: flops.model_flops_per_token(gpt_cfg),
+                                **({Param.PEAK_FLOPS: p.peak_flops} if p.peak_flops is not None else {}),
                                 **(p.branch.params(cfg.model.seq_len) if p.branch else {}),
                                 **parallel.describe(parallelism)})
         if parallel.rank() == 0:  # other ranks (relaunched by Lightning or srun) have no MLflow run of their own
@@ -207,9 +210,11 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LitGPT(
         GPT(gpt_cfg), cfg.optim, plan,
-        Accounting(seq_len=cfg.model.seq_len, flops_per_token=flops.flops_per_token(gpt_cfg),
+        Accounting(seq_len=cfg.model.seq_len, model_flops_per_token=flops.model_flops_per_token(gpt_cfg),
                    peak_flops=p.peak_flops, bytes_per_token=data.bytes_per_token),
-        val_data=data.validation(), val_every_steps=cfg.trainer.val_every_steps, max_loss=cfg.trainer.max_loss,
+        val_data=data.validation(), max_loss=cfg.trainer.max_loss,
+        val_every_steps=checkpoints.val_every_steps(cfg.trainer.val_every_steps, cfg.trainer.val_every_tokens,
+                                                    plan[0].sequences * cfg.model.seq_len),
         micro_batch=cfg.batch.micro_batch, parallelism=parallelism, loss_chunk=cfg.trainer.fused_ce_chunk)
     t = cfg.trainer
     trainer = L.Trainer(
@@ -217,8 +222,7 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
         precision=t.precision, deterministic=t.deterministic, max_steps=len(plan), max_epochs=1,
         logger=logger, enable_progress_bar=t.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=0, log_every_n_steps=1,
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=t.checkpoint_every_steps,
-                                   save_last=True, save_top_k=0, save_on_train_epoch_end=False),
+        callbacks=[checkpoints.periodic_checkpoint(ckpt_dir, t.checkpoint_every_steps, t.checkpoint_every_minutes),
                    PendingMetrics(logger),  # checkpoints carry unsent metrics instead of waiting for the store
                    *([StepProgressBar(len(plan))] if t.progress_bar else []), *branching.callbacks(
                        cfg, gpt_cfg, N, p.lr_schedule, plan, run_name, ckpt_dir, p.branch, ckpt_path is not None,

@@ -1,8 +1,8 @@
 """Per-step throughput: tokens/s, achieved FLOP/s, MFU and peak memory (design §5, issue 7).
 
-MFU = achieved FLOP/s / peak FLOP/s of all devices (Chowdhery et al. 2022, PaLM, appendix B), with the per-token
-training FLOPs of lab.flops.flops_per_token and the peak table lab.flops.PEAK_FLOPS (bf16 dense; "cpu" is a
-placeholder to set per machine with trainer.peak_flops).
+MFU = achieved model FLOP/s / peak FLOP/s of all devices (Chowdhery et al. 2022, PaLM, appendix B), with the
+model FLOPs per token of lab.flops.model_flops_per_token (head and full attention included, as nanoGPT and every
+paper report it) and the peak of lab.flops.peak_flops for the dtype the matmuls run in (None: no MFU).
 
 Peak memory: on CUDA the caching allocator's high-water mark of allocated tensor bytes on this rank's device
 (``torch.cuda.max_memory_allocated``); on the CPU the process's peak resident set size (Linux: VmHWM in
@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from lab.flops import mfu
+from tracking.record import Metric
 
 
 def _proc_status_kib(field: str) -> Optional[int]:
@@ -73,19 +74,23 @@ class Throughput:
     tokens_per_s: float
     """Global tokens (all ranks) per second of wall time."""
     flops_per_s: float
-    """Achieved training FLOP/s of all ranks: tokens_per_s · flops_per_token."""
-    mfu: float
-    """flops_per_s / peak FLOP/s of all devices."""
+    """Achieved model FLOP/s of all ranks: tokens_per_s · model_flops_per_token."""
+    mfu: Optional[float]
+    """flops_per_s / peak FLOP/s of all devices; None where the peak is unknown."""
 
     def metrics(self) -> dict[str, float]:
-        """MLflow metric names (design §5)."""
-        return {"throughput/tokens_per_s": self.tokens_per_s, "throughput/flops_per_s": self.flops_per_s,
-                "mfu": self.mfu}
+        """MLflow metric names (tracking.record.Metric); MFU only where the peak is known."""
+        out = {Metric.TOKENS_PER_S: self.tokens_per_s, Metric.FLOPS_PER_S: self.flops_per_s}
+        if self.mfu is not None:
+            out[Metric.MFU] = self.mfu
+        return out
 
 
-def throughput(tokens: float, seconds: float, flops_per_token: float, peak_flops: float) -> Throughput:
-    """Throughput of ``tokens`` (global) trained in ``seconds`` of wall time."""
+def throughput(tokens: float, seconds: float, flops_per_token: float, peak_flops: Optional[float]) -> Throughput:
+    """Throughput of ``tokens`` (global) trained in ``seconds`` of wall time; ``peak_flops`` of all devices, or
+    None when unknown (then no MFU)."""
     if not seconds > 0:
         raise ValueError(f"throughput: seconds={seconds!r} must be > 0 (time of the step)")
     tps = tokens / seconds
-    return Throughput(tokens_per_s=tps, flops_per_s=tps * flops_per_token, mfu=mfu(tps, flops_per_token, peak_flops))
+    ratio = mfu(tps, flops_per_token, peak_flops) if peak_flops is not None else None
+    return Throughput(tokens_per_s=tps, flops_per_s=tps * flops_per_token, mfu=ratio)

@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lab.data.tokens import Tokens, TokenFileError, describe_source, load_tokens
+from lab.data.tokens import (
+    TokenFileError,
+    Tokens,
+    TokenStream,
+    describe_source,
+    load_tokens,
+)
 
 BLOCK = 1024
 """Sequence indices per random stream: creating one stream costs ~30 µs, amortised over 1024 draws."""
@@ -45,9 +51,14 @@ def _n_offsets(tokens: Tokens, seq_len: int) -> int:
 
 
 def _gather(tokens: Tokens, offsets: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs x = tokens[o : o+T] and targets y = tokens[o+1 : o+T+1] for each offset o, as int64 (count, T)."""
-    rows = np.stack([np.asarray(tokens[o : o + seq_len + 1]) for o in offsets.tolist()]).astype(np.int64)
-    return torch.from_numpy(np.ascontiguousarray(rows[:, :-1])), torch.from_numpy(np.ascontiguousarray(rows[:, 1:]))
+    """Inputs x = tokens[o : o+T] and targets y = tokens[o+1 : o+T+1] for each offset o, as int64 (count, T).
+
+    One vectorised gather of the (count, T+1) index grid from the memmap (only the touched pages are read),
+    instead of a Python slice per sequence."""
+    index = np.asarray(offsets, dtype=np.int64)[:, None] + np.arange(seq_len + 1, dtype=np.int64)  # (count, T+1)
+    rows = tokens.take(index) if isinstance(tokens, TokenStream) else np.asarray(tokens)[index]
+    rows = torch.from_numpy(rows.astype(np.int64))
+    return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
 
 class TokenSampler:

@@ -85,6 +85,19 @@ class TokenStream:
     def __repr__(self) -> str:
         return f"TokenStream({len(self.parts)} files, {len(self)} tokens, first={self.paths[0]})"
 
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """``tokens[indices]`` for an integer array of global indices (any shape), gathered part by part with
+        vectorised indexing: one NumPy gather per file, never a Python loop per index."""
+        flat = np.asarray(indices, dtype=np.int64).ravel()
+        if flat.size and (flat.min() < 0 or flat.max() >= len(self)):
+            raise IndexError(f"token indices out of range for {len(self)} tokens")
+        part = np.searchsorted(self._starts, flat, side="right") - 1
+        out = np.empty(flat.shape, dtype=self.dtype)
+        for i in np.unique(part).tolist():
+            where = part == i
+            out[where] = self.parts[i][flat[where] - self._starts[i]]
+        return out.reshape(np.shape(indices))
+
     def __getitem__(self, key: int | slice) -> np.ndarray | np.integer:
         if isinstance(key, (int, np.integer)):
             index = int(key) + len(self) if key < 0 else int(key)

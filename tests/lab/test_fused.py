@@ -25,7 +25,7 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(REPO / ".cache" / "torchind
 
 
 def lit(model: GPT, p: parallel.Parallelism, loss_chunk=None) -> LitGPT:
-    acct = Accounting(seq_len=model.cfg.seq_len, flops_per_token=1.0, peak_flops=1.0, bytes_per_token=1.0)
+    acct = Accounting(seq_len=model.cfg.seq_len, model_flops_per_token=1.0, peak_flops=1.0, bytes_per_token=1.0)
     val = torch.zeros(1, model.cfg.seq_len, dtype=torch.long)
     return LitGPT(model, OptimConfig(), plan=[], accounting=acct, val_data=(val, val), val_every_steps=1,
                   max_loss=20.0, micro_batch=2, parallelism=p, loss_chunk=loss_chunk)

@@ -58,9 +58,12 @@ def test_run_records_params_metrics_tags_and_summary(smoke_run):
 
     steps = [s for s, _ in history(client, result.run_id, "train/loss")]
     assert steps == list(range(1, 51)), "every optimizer step once, step = optimizer step"
-    for key in ("lr", "tokens", "flops", "batch_tokens", "grad_norm", "noise/b_simple", "mfu",
+    for key in ("lr", "tokens", "model_flops", "batch_tokens", "grad_norm", "noise/b_simple",
                 "throughput/tokens_per_s"):
         assert history(client, result.run_id, key), f"{key} not recorded"
+    # A CPU is a device without a known peak: the run trains and records model FLOPs, but no MFU (issue 14).
+    assert not history(client, result.run_id, "mfu") and "peak_flops" not in p
+    assert float(p["model_flops_per_token"]) > float(p["flops_per_token"])
     assert [s for s, _ in history(client, result.run_id, "val/loss")] == [25, 50]
     tokens = history(client, result.run_id, "tokens")
     assert tokens[-1] == (50, 50 * 256.0)
@@ -151,13 +154,17 @@ def test_sigkilled_run_resumes_into_same_run_with_every_step_once(tmp_path):
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.3)  # let it train past the checkpoint, so steps after it are recorded and must not repeat
+    # Let it train past the checkpoint until the store holds steps after it, which must not repeat. (The store
+    # receives metrics every 0.5 s, tracking.buffer.SEND_EVERY_S, and a smoke step takes a few ms: poll, don't sleep.)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = json.loads((last.parent / "run.json").read_text())["run_id"]
+    while proc.poll() is None and time.monotonic() < deadline and \
+            max((s for s, _ in history(client, run_id, "train/loss")), default=0) <= 40:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    run_id = json.loads((last.parent / "run.json").read_text())["run_id"]
     assert client.get_run(run_id).info.status == "RUNNING"
     killed_at = max(s for s, _ in history(client, run_id, "train/loss"))
     assert 40 <= killed_at < 400
