@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from lab import flops, init, parallel, preemption
+from lab.abandoned import close_abandoned
 from lab.config import ConfigError, TrainConfig
 from lab.datamodule import TokenData
 from lab.model import GPT, GPTConfig, gpt_config
@@ -27,6 +28,7 @@ from lab.module import Accounting, DivergedError, LitGPT
 from lab.progress import StepProgressBar
 from lab.schedules import BatchSchedule, LRSchedule, PlanStep, plan as schedule_plan
 from lab.tracking import PendingMetrics, RunLogger, ensure_store, git_state, recorded_steps
+from tracking.record import Param
 
 
 @dataclass(frozen=True)
@@ -227,12 +229,16 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
                              **({"mlflow.parentRunId": cfg.tracking.parent_run_id}
                                 if cfg.tracking.parent_run_id else {})},
                        run_id=run_id)
+    if run_id is None and parallel.rank() == 0:
+        close_abandoned(cfg.tracking.uri, ckpt_dir)  # an earlier launch killed before its first checkpoint
     parallelism = parallel.from_config(cfg.trainer, steps=len(plan))
     if run_id is None:
         B_tokens = cfg.batch.sequences * cfg.model.seq_len
         logger.log_hyperparams({**flat_params(cfg), "N": N, "N_total": N_total, "seq_len": cfg.model.seq_len,
                                 "B_tokens": B_tokens, "B_sequences": cfg.batch.sequences, "D": D,
                                 "C": flops.training_flops(N, D), "steps": len(plan),
+                                # optim.lr is the peak for the starting batch; a batch schedule rescales it
+                                Param.LR_PEAK_USED: max(s.lr for s in plan),
                                 "flops_per_token": flops.flops_per_token(gpt_cfg), "peak_flops": p.peak_flops,
                                 **(p.branch.params(cfg.model.seq_len) if p.branch else {}),
                                 **parallel.describe(parallelism)})

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lab.config import ConfigError, TrainConfig, register
+from lab.config import ConfigError, TrainConfig, check_known_keys, register
 
 register()
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -24,6 +24,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 def to_config(cfg: DictConfig) -> TrainConfig:
     """The composed config as typed objects; every cross-field rule runs here, before anything is recorded."""
+    check_known_keys(cfg)  # OmegaConf.to_object drops keys the schema lacks (e.g. a '+optim.lrr=1e-3' typo)
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, TrainConfig)
     return obj
