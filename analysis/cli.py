@@ -38,7 +38,8 @@ from typing import Any
 import polars as pl
 
 from analysis import report
-from analysis.cli_input import CliError, Progress, complete, frame, store_runs
+from analysis.cli_input import (DEFAULT_GRANULARITY, CliError, Progress, complete, frame, reference_batch_settings,
+                                store_runs)
 from analysis.extrapolate import holdout_check
 from analysis.laws.cbs import CBS_TOLERANCE, fit_cbs_curve, local_cbs, propose_batch_warmup
 from analysis.laws.hparams import PLATEAU_TOLERANCE, fit_hparams, predict_hparams
@@ -131,8 +132,9 @@ def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     return {**result.to_dict(), "prediction": asdict(prediction) if prediction else None}
 
 
-def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame, float | None, float | None]:
-    """Branch runs of one reference run, and the reference's seq_len and D (for the warmup plan) when known."""
+def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame, Any, Any, Any]:
+    """Branch runs of one reference run, and the reference's seq_len and D (for the warmup plan) when known; the
+    reference's micro-batch granularity and batch fill --granularity / --start-sequences when not given."""
     say(f"loading branch runs from {args.tracking_uri}")
     runs = store_runs(args)
     tagged = runs.filter(pl.col(f"tag.{BRANCH_TAG}").is_not_null()) if f"tag.{BRANCH_TAG}" in runs.columns \
@@ -155,6 +157,10 @@ def _branch_runs(args: argparse.Namespace, say: Progress) -> tuple[pl.DataFrame,
     ref = runs.filter(pl.col("run_id") == refs[0])
     seq_len = args.seq_len or (ref["seq_len"][0] if ref.height else None) or tagged["seq_len"].max()
     recorded_B = recorded_reference_B(tagged[REFERENCE_B]) if REFERENCE_B in tagged.columns else None
+    for key, value in reference_batch_settings(ref).items():  # what the demo uses too: the same warmup
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+            say(f"{key.replace('_', ' ')} {value} sequences (the reference run's)")
     return tagged, seq_len, args.total_tokens or (ref["D"][0] if ref.height else None), recorded_B
 
 
@@ -175,7 +181,8 @@ def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     plan = None
     if seq_len and total:
         max_sequences = args.max_sequences or int(df["B"].max() // seq_len)  # no larger than the batches measured
-        plan = propose_batch_warmup(curve, total, args.granularity, int(seq_len), max_sequences, args.start_sequences)
+        plan = propose_batch_warmup(curve, total, args.granularity or DEFAULT_GRANULARITY, int(seq_len),
+                                    max_sequences, args.start_sequences)
     else:
         say("no batch warmup proposed: give --seq-len and --total-tokens (known from the store's reference run)", True)
     print(report.cbs_report(local, curve, plan))
@@ -234,9 +241,11 @@ def _parser() -> argparse.ArgumentParser:
     cbs.add_argument("--interpolate", action="store_true", help="interpolate the CBS between B_pass and B_fail")
     cbs.add_argument("--seq-len", type=int, help="sequence length of the planned run (tokens)")
     cbs.add_argument("--total-tokens", type=_positive, help="training tokens of the planned run")
-    cbs.add_argument("--granularity", type=int, default=8, help="micro_batch x devices (lab default: 8)")
+    cbs.add_argument("--granularity", type=int, help="micro_batch x devices (default: the reference run's, else "
+                     f"{DEFAULT_GRANULARITY})")
     cbs.add_argument("--max-sequences", type=int, help="largest batch (default: the largest B measured)")
-    cbs.add_argument("--start-sequences", type=int, help="first batch (default: --granularity)")
+    cbs.add_argument("--start-sequences", type=int, help="first batch (default: the reference run's, else "
+                     "--granularity)")
     cbs.set_defaults(run=_cbs)
     return parser
 
