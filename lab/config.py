@@ -188,7 +188,8 @@ class TrainerConfig:
     precision: str = "32-true"
     deterministic: bool = True
     threads: Optional[int] = None
-    """torch intra-op threads; parallel workers must own one thread per core (environment.md)."""
+    """torch intra-op threads; None: the cores shared among this node's workers and capped by the cores the load
+    leaves idle (lab.threads.default_threads), so a run beside others does not oversubscribe."""
     val_every_steps: int = 50
     checkpoint_every_steps: int = 50
     max_loss: float = 20.0

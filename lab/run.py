@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from lab import flops, init, parallel, preemption
 from lab.abandoned import close_abandoned
+from lab.threads import default_threads
 from lab.config import ConfigError, TrainConfig
 from lab.datamodule import TokenData
 from lab.model import GPT, GPTConfig, gpt_config
@@ -221,8 +222,7 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
     """Train a prepared run; ``callbacks`` are extra Lightning callbacks (e.g. an Optuna pruner)."""
     cfg, gpt_cfg, N, N_total, D, plan, data = p.cfg, p.gpt_cfg, p.N, p.N_total, p.D, p.plan, p.data
     run_name, ckpt_dir, run_id, ckpt_path = p.run_name, p.ckpt_dir, p.resume_run_id, p.resume_ckpt
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    torch.set_num_threads(cfg.trainer.threads or default_threads(cfg.trainer.devices))  # no oversubscription
     ensure_store(cfg.tracking.uri)
     logger = RunLogger(experiment_name=cfg.tracking.experiment, run_name=run_name, tracking_uri=cfg.tracking.uri,
                        tags={**git_state(), **cfg.tracking.tags, **(p.branch.tags() if p.branch else {}),
