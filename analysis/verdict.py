@@ -34,7 +34,7 @@ class Published:
     def text(self) -> str:
         if self.value is None:
             return self.source
-        return f"{self.value:+.2f} ({self.lo:+.2f} to {self.hi:+.2f}; {self.source})"
+        return f"{self.value:+.2f} (range {self.lo:+.2f} to {self.hi:+.2f})"
 
 
 # Published exponents, with their papers.
@@ -131,3 +131,9 @@ def page(sections: Sequence[tuple[str, Sequence[Verdict]]]) -> list[str]:
             lines.append(f"  {v.law.ljust(width)}  {v.estimate_text():<22} published {v.published.text()}")
             lines.append(f"  {' ' * width}  -> {v.verdict}: {v.why}")
     return lines
+
+
+def sources(verdicts: Sequence[Verdict]) -> list[str]:
+    """Where each published value comes from, once per source."""
+    seen = dict.fromkeys(v.published.source for v in verdicts if v.published.value is not None)
+    return [f"published: {', '.join(seen)}"] if seen else []

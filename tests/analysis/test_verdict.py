@@ -49,3 +49,4 @@ def test_page_gives_two_lines_per_law_and_a_title_per_section():
     assert len(lines) == 2 + 2 * 3
     assert lines[0] == "this demo" and "-> usable" in lines[2] and "published +0.50" in lines[1]
     assert "Merrill" in lines[3]
+    assert v.sources(laws) == [f"published: {v.ISOFLOP_A.source}"]
