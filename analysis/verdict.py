@@ -136,4 +136,4 @@ def page(sections: Sequence[tuple[str, Sequence[Verdict]]]) -> list[str]:
 def sources(verdicts: Sequence[Verdict]) -> list[str]:
     """Where each published value comes from, once per source."""
     seen = dict.fromkeys(v.published.source for v in verdicts if v.published.value is not None)
-    return [f"published: {', '.join(seen)}"] if seen else []
+    return [f"published: {'; '.join(seen)}"] if seen else []

@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
         ensure_store(TRACKING_URI)  # before any progress bar reads it: a concurrent first use of SQLite crashes
     REPORT.write_text("")
-    console.print(f"lab-demo: three small scaling studies on the CPU ({args.jobs} workers); runs into {TRACKING_URI}, "
-                  f"their output into {LOG},", f"the full fit tables into {REPORT}.")
+    console.print(f"lab-demo: three small scaling studies on the CPU ({args.jobs} worker{'s' * (args.jobs > 1)}); "
+                  f"runs into {TRACKING_URI}, their output into {LOG},", f"the full fit tables into {REPORT}.")
 
     runs, ok_iso = sweep(console, "1/3 IsoFLOP", f"{s.prefix}-isoflop", [*isoflop_overrides(s), *base])
     with into_report(console, REPORT, f"1. IsoFLOP sweep: budgets {', '.join(f'{c:g}' for c in sorted(s.budgets))} FLOPs x "
