@@ -43,7 +43,8 @@ def check_arrays(columns: Mapping[str, np.ndarray], min_points: int = 1, n_param
         if bad.any():
             raise PointsError(
                 f"column {name!r}: {int(bad.sum())} of {v.size} rows are zero or negative (rows {_rows(bad)} "
-                f"counting from 1, e.g. {v[bad][0]:g}); laws are fitted in log space, so keep only rows with {name} > 0")
+                f"counting from 1, e.g. {v[bad][0]:g}); laws are fitted in log space, so keep only rows with "
+                f"{name} > 0")
     n_rows = n_rows or 0
     if n_rows < min_points:
         why = f" for a law with {n_params} parameters" if n_params is not None else ""

@@ -209,29 +209,32 @@ def main(argv: list[str] | None = None) -> int:
                   f"runs into {TRACKING_URI}, their output into {LOG},", f"the full fit tables into {REPORT}.")
 
     runs, ok_iso = sweep(console, "1/3 IsoFLOP", f"{s.prefix}-isoflop", [*isoflop_overrides(s), *base])
-    with into_report(console, REPORT, f"1. IsoFLOP sweep: budgets {', '.join(f'{c:g}' for c in sorted(s.budgets))} FLOPs x "
-                             f"widths {s.widths} (2 layers)"):
-        runs = runs.with_columns(budget=pl.col("tag.budget").cast(pl.Float64))  # groups the profiles exactly
-        with pl.Config(tbl_rows=50, float_precision=4, tbl_hide_dataframe_shape=True,
-                       tbl_hide_column_data_types=True):
-            print(runs.select("run_name", "N", "D", "C", pl.col("loss").alias("val/loss")).sort("C", "N"))
-        iso, law, target = fit_and_report(runs, args.bootstrap, 10 * max(s.budgets))
+    budgets = ", ".join(f"{c:g}" for c in sorted(s.budgets))
+    with into_report(console, REPORT, f"1. IsoFLOP sweep: budgets {budgets} FLOPs x widths {s.widths} (2 layers)"):
+        if runs.height:
+            runs = runs.with_columns(budget=pl.col("tag.budget").cast(pl.Float64))  # groups the profiles exactly
+            with pl.Config(tbl_rows=50, float_precision=4, tbl_hide_dataframe_shape=True,
+                           tbl_hide_column_data_types=True):
+                print(runs.select("run_name", "N", "D", "C", pl.col("loss").alias("val/loss")).sort("C", "N"))
+            iso, law, target = fit_and_report(runs, args.bootstrap, 10 * max(s.budgets))
+        else:
+            iso = law = ValueError("no IsoFLOP run finished")
+            target = None
     times["IsoFLOP"] = time.perf_counter() - t0
 
     L = s.landscape
     runs, ok_lr = sweep(console, "2/3 lr x B", f"{s.prefix}-lr-batch",
                         [*landscape_overrides(L, f"{s.prefix}-lr-batch"), *base])
     with into_report(console, REPORT, f"2. lr x B landscape: widths {L.widths} x D = {L.tokens_per_param} N, lr in "
-                             f"[{L.lr_min:g}, {L.lr_max:g}] x B in {[b * SEQ_LEN for b in L.batch_sequences]} tokens"):
+                     f"[{L.lr_min:g}, {L.lr_max:g}] x B in {[b * SEQ_LEN for b in L.batch_sequences]} tokens"):
         hparams = report_landscape(runs, args.bootstrap, target)
     times["lr x B"] = time.perf_counter() - t0 - sum(times.values())
 
     b = s.branches
     runs, ok_cbs = sweep(console, "3/3 CBS", f"{s.prefix}-cbs", [*branches_overrides(b, f"{s.prefix}-cbs"), *base])
     with into_report(console, REPORT, f"3. Critical batch size: width {b.width}, reference D = {b.tokens} at B = "
-                             f"{b.reference_sequences * SEQ_LEN} tokens, branches of {b.window_tokens} tokens at B in "
-                             f"{[q * SEQ_LEN for q in b.batch_sequences]} from {len(b.checkpoint_tokens)} "
-                             "checkpoints"):
+                     f"{b.reference_sequences * SEQ_LEN} tokens, branches of {b.window_tokens} tokens at B in "
+                     f"{[q * SEQ_LEN for q in b.batch_sequences]} from {len(b.checkpoint_tokens)} checkpoints"):
         curve = report_branches(runs, b, args.bootstrap)
     times["CBS"] = time.perf_counter() - t0 - sum(times.values())
 
