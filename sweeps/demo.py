@@ -147,14 +147,15 @@ def sweep(console: Console, title: str, sweep_id: str, overrides: list[str]) -> 
     from sweeps.cli import run_sweep
 
     bar = StudyBar(console, title, TRACKING_URI, EXPERIMENT, sweep_id)
-    ok = False
+    ok, done, total = False, None, None
     try:
         with console.quiet():
             print(f"\n== {title} ==", flush=True)
             summary = run_sweep(overrides)
-        ok = summary.complete
+        ok, total = summary.complete, len(summary.outcomes)
+        done = sum(o.status in ("FINISHED", "SKIPPED") for o in summary.outcomes)
     finally:
-        bar.close(ok)
+        bar.close(ok, done, total)
     names = [o.name for o in summary.outcomes]
     with console.quiet():
         runs = load_runs(TRACKING_URI, experiment=EXPERIMENT, filter_tags={"sweep": summary.sweep_id})

@@ -113,10 +113,14 @@ class StudyBar:
             self.bar.set_postfix_str(running[-1].info.run_name[:40], refresh=False)
         self.bar.refresh()
 
-    def close(self, ok: Optional[bool] = None) -> None:
+    def close(self, ok: Optional[bool] = None, done: Optional[int] = None, total: Optional[int] = None) -> None:
+        """Stop polling; the final counts come from the sweep's summary when given, else from one last look."""
         self._stop.set()
         self._thread.join()
-        self.update()
+        if done is None or total is None:
+            self.update()
+        else:
+            self.bar.total, self.bar.n = total, done
         self.bar.set_postfix_str("done" if ok else "some runs did not finish (see the log)", refresh=False)
         self.bar.refresh()
         if not self.tty:
