@@ -285,7 +285,8 @@ def _parser() -> argparse.ArgumentParser:
     cbs.add_argument("--granularity", type=int, help="micro_batch x devices (default: the reference run's, "
                      f"else {DEFAULT_GRANULARITY}, lab's default micro_batch)")
     cbs.add_argument("--max-sequences", type=int, help="largest batch (default: the largest B measured)")
-    cbs.add_argument("--start-sequences", type=int, help="first batch (default: --granularity)")
+    cbs.add_argument("--start-sequences", type=int, help="first batch (default: the reference run's, else "
+                     "--granularity)")
     cbs.set_defaults(run=_cbs)
 
     from analysis.cli_forecast import add_parser as add_forecast  # imports this module: registered late

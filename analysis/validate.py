@@ -16,8 +16,9 @@ class PointsError(ValueError):
 
 
 def _rows(mask: np.ndarray, limit: int = 5) -> str:
+    """Row numbers counted from 1 (the first point is row 1), as a person reading the table counts them."""
     idx = np.flatnonzero(mask)
-    shown = ", ".join(str(i) for i in idx[:limit])
+    shown = ", ".join(str(i + 1) for i in idx[:limit])
     return shown + (", ..." if idx.size > limit else "")
 
 
@@ -36,13 +37,15 @@ def check_arrays(columns: Mapping[str, np.ndarray], min_points: int = 1, n_param
         bad = ~np.isfinite(v)
         if bad.any():
             raise PointsError(
-                f"column {name!r}: {int(bad.sum())} of {v.size} rows are NaN or infinite (rows {_rows(bad)}); "
-                f"drop or fill those rows before fitting (e.g. df.drop_nans({name!r}).drop_nulls({name!r}))")
+                f"column {name!r}: {int(bad.sum())} of {v.size} rows are NaN or infinite (rows {_rows(bad)}, "
+                f"counting from 1); drop or fill those rows before fitting "
+                f"(e.g. df.drop_nans({name!r}).drop_nulls({name!r}))")
         bad = v <= 0
         if bad.any():
             raise PointsError(
-                f"column {name!r}: {int(bad.sum())} of {v.size} rows are zero or negative (rows {_rows(bad)}, "
-                f"e.g. {v[bad][0]:g}); laws are fitted in log space, so keep only rows with {name} > 0")
+                f"column {name!r}: {int(bad.sum())} of {v.size} rows are zero or negative (rows {_rows(bad)} "
+                f"counting from 1, e.g. {v[bad][0]:g}); laws are fitted in log space, so keep only rows with "
+                f"{name} > 0")
     n_rows = n_rows or 0
     if n_rows < min_points:
         why = f" for a law with {n_params} parameters" if n_params is not None else ""

@@ -7,6 +7,7 @@ turned into objects (``OmegaConf.to_object``), before any MLflow run or checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -247,7 +248,8 @@ class TrainerConfig:
     precision: str = "32-true"
     deterministic: bool = True
     threads: Optional[int] = None
-    """torch intra-op threads; parallel workers must own one thread per core (environment.md)."""
+    """torch intra-op threads; None: the cores shared among this node's workers and capped by the cores the load
+    leaves idle (lab.threads.default_threads), so a run beside others does not oversubscribe."""
     val_every_steps: int = 50
     checkpoint_every_steps: int = 50
     val_every_tokens: Optional[float] = None
@@ -386,6 +388,61 @@ class TrainConfig:
         vocab_is_bytes = self.data.source != "builtin" or self.data.tokenizer == "bpe" or self.model.vocab_size == 256
         _require(vocab_is_bytes, "model.vocab_size", self.model.vocab_size,
                  "the built-in corpus is byte-level: use model.vocab_size=256")
+
+
+def unknown_keys(cfg: Any, schema: type = TrainConfig) -> list[str]:
+    """Dotted keys of a composed config that the schema has no field for (e.g. ``+optim.lrr=1e-3``: Hydra's ``+``
+    adds a key that ``OmegaConf.to_object`` would silently drop). Free-form dict fields (tracking.tags) take any key;
+    a top-level ``hydra`` node is Hydra's own."""
+    from omegaconf import DictConfig, OmegaConf
+
+    def walk(node: Any, ref: Any, prefix: str) -> list[str]:
+        if not isinstance(node, DictConfig) or not isinstance(ref, DictConfig):
+            return []
+        if not dataclasses.is_dataclass(OmegaConf.get_type(ref)):
+            return []  # a dict-typed field: any key
+        bad: list[str] = []
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            if key not in ref:
+                if not (prefix == "" and key == "hydra"):
+                    bad.append(path)
+                continue
+            bad += walk(node._get_node(key), ref._get_node(key), f"{path}.")
+        return bad
+
+    return walk(cfg, OmegaConf.structured(schema), "")
+
+
+def check_known_keys(cfg: Any) -> None:
+    """Refuse keys the schema does not have, naming each and the nearest known key, before anything is recorded."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    bad = unknown_keys(cfg)
+    if not bad:
+        return
+    known = _dotted_fields(OmegaConf.structured(TrainConfig), "")
+    hints = []
+    for key in bad:
+        near = difflib.get_close_matches(key, known, n=1)
+        hints.append(f"{key} (did you mean {near[0]}?)" if near else key)
+    raise ConfigError(bad[0], OmegaConf.select(cfg, bad[0]),
+                      f"the config has no field {', '.join(hints)}; fix the name (drop the '+' of a '+key=value' "
+                      "override unless the schema in lab/config.py has that field)")
+
+
+def _dotted_fields(ref: Any, prefix: str) -> list[str]:
+    from omegaconf import DictConfig, OmegaConf
+
+    out: list[str] = []
+    for key in ref.keys():
+        child = ref._get_node(key)
+        out.append(f"{prefix}{key}")
+        if isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
+            out += _dotted_fields(child, f"{prefix}{key}.")
+    return out
 
 
 def register() -> None:

@@ -20,6 +20,8 @@ import torch
 from omegaconf import OmegaConf
 
 from lab import branching, checkpoints, flops, identity, lineage, parallel, preemption
+from lab.abandoned import close_abandoned
+from lab.threads import default_threads
 from lab.config import ConfigError, TrainConfig
 from lab.datamodule import TokenData
 from lab.model import GPT, GPTConfig, gpt_config
@@ -178,14 +180,15 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
     """Train a prepared run; ``callbacks`` are extra Lightning callbacks (e.g. an Optuna pruner)."""
     cfg, gpt_cfg, N, N_total, D, plan, data = p.cfg, p.gpt_cfg, p.N, p.N_total, p.D, p.plan, p.data
     run_name, ckpt_dir, run_id, ckpt_path = p.run_name, p.ckpt_dir, p.resume_run_id, p.resume_ckpt
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    torch.set_num_threads(cfg.trainer.threads or default_threads(cfg.trainer.devices))  # no oversubscription
     ensure_store(cfg.tracking.uri)
     logger = RunLogger(experiment_name=cfg.tracking.experiment, run_name=run_name, tracking_uri=cfg.tracking.uri,
                        tags={**tracked.source_tags(Path(__file__).parent), **cfg.tracking.tags,
                              **(p.branch.tags() if p.branch else {}), Tag.IDENTITY: identity.run_identity(cfg),
                              **({Tag.PARENT_RUN: cfg.tracking.parent_run_id} if cfg.tracking.parent_run_id else {})},
                        run_id=run_id)
+    if run_id is None and parallel.rank() == 0:
+        close_abandoned(cfg.tracking.uri, ckpt_dir)  # an earlier launch killed before its first checkpoint
     parallelism = parallel.from_config(cfg.trainer, steps=len(plan))
     if run_id is None:
         B_tokens = cfg.batch.sequences * cfg.model.seq_len
@@ -193,6 +196,8 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
                                 Param.SEQ_LEN: cfg.model.seq_len, Param.B_TOKENS: B_tokens,
                                 Param.B_SEQUENCES: cfg.batch.sequences, Param.D: D, Param.C: compute(N, D),
                                 Param.STEPS: len(plan),
+                                # optim.lr is the peak for the starting batch; a batch schedule rescales it
+                                Param.LR_PEAK_USED: max(s.lr for s in plan),
                                 Param.MODEL_FLOPS_PER_TOKEN: flops.model_flops_per_token(gpt_cfg),
                                 **({Param.PEAK_FLOPS: p.peak_flops} if p.peak_flops is not None else {}),
                                 **(p.branch.params(cfg.model.seq_len) if p.branch else {}),

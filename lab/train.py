@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lab.config import ConfigError, TrainConfig, register
+from lab.config import ConfigError, TrainConfig, check_known_keys, register
 
 register()
 # The configs are the package `conf` (Hydra's packaged configs), found wherever it is installed, not beside the source.
@@ -26,6 +26,7 @@ CONF_PATH = f"pkg://{CONF_MODULE}"
 
 def to_config(cfg: DictConfig) -> TrainConfig:
     """The composed config as typed objects; every cross-field rule runs here, before anything is recorded."""
+    check_known_keys(cfg)  # OmegaConf.to_object drops keys the schema lacks (e.g. a '+optim.lrr=1e-3' typo)
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, TrainConfig)
     return obj

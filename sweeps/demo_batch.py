@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import polars as pl
 
@@ -75,8 +75,9 @@ def branches_overrides(s: Branches, sweep_id: str) -> list[str]:
             "optim=wsd", "optim.lr=3e-3"]
 
 
-def report_landscape(runs: pl.DataFrame, bootstrap: int, target: Optional[tuple[float, float]]) -> None:
-    """Per-cell optima, lr*(N, D) = c·N^α·D^β and B*(D) = c'·D^γ with 95% intervals; lr*, B* at ``target`` (N, D)."""
+def report_landscape(runs: pl.DataFrame, bootstrap: int, target: Optional[tuple[float, float]]) -> Any:
+    """Per-cell optima, lr*(N, D) = c·N^α·D^β and B*(D) = c'·D^γ with 95% intervals; lr*, B* at ``target`` (N, D).
+    Returns the HparamsResult, or the ValueError that stopped the fit."""
     from analysis.laws.hparams import fit_hparams, predict_hparams
     from analysis.report import hparams_report
 
@@ -84,35 +85,45 @@ def report_landscape(runs: pl.DataFrame, bootstrap: int, target: Optional[tuple[
         result = fit_hparams(runs.select("N", "D", "C", "lr", "B", "loss"), bootstrap=bootstrap)
     except ValueError as err:
         print(f"  the landscape cannot be fitted: {err}")
-        return
+        return err
     prediction = predict_hparams(result, N=target[0], D=target[1]) if target else None
     print(hparams_report(result, prediction))
     if prediction is not None:
         print(f"\nat N = {target[0]:.3g}, D = {target[1]:.3g} (the compute-optimal run at 10x the largest IsoFLOP "
               f"budget): lr* = {prediction.lr:.3g} [{prediction.lr_ci95[0]:.3g}, {prediction.lr_ci95[1]:.3g}], "
               f"B* = {prediction.B:.3g} [{prediction.B_ci95[0]:.3g}, {prediction.B_ci95[1]:.3g}] tokens")
+    return result
 
 
-def report_branches(runs: pl.DataFrame, s: Branches, bootstrap: int) -> None:
+def report_branches(runs: pl.DataFrame, s: Branches, bootstrap: int) -> Any:
     """Local CBS per checkpoint (reference loss: the branch at the reference's own batch, the smallest), CBS(D)
-    with 95% intervals, and the batch warmup it proposes for a run of the reference's length."""
+    with 95% intervals, and the batch warmup it proposes for a run of the reference's length. Returns the CbsFit,
+    or the ValueError that stopped the fit."""
     from analysis.laws.cbs import fit_cbs_curve, local_cbs, propose_batch_warmup
     from analysis.report import cbs_report
 
+    if "tag.branch_of" not in runs.columns:
+        print("  no finished branch runs")
+        return ValueError("no finished branch runs")
     branches = runs.filter(pl.col("tag.branch_of").is_not_null()).with_columns(
         checkpoint_tokens=pl.col("tag.checkpoint_tokens").cast(pl.Float64))
-    local = local_cbs(branches.select("checkpoint_tokens", "B", "loss"), tolerance=s.tolerance,
-                      reference_B=s.reference_sequences * SEQ_LEN)
+    try:
+        local = local_cbs(branches.select("checkpoint_tokens", "B", "loss"), tolerance=s.tolerance,
+                          reference_B=s.reference_sequences * SEQ_LEN)
+    except ValueError as err:
+        print(f"  no local CBS: {err}")
+        return err
     try:
         curve = fit_cbs_curve(local, bootstrap=bootstrap)
     except ValueError as err:
         with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
             print(local)
         print(f"  no CBS curve: {err}")
-        return
+        return err
     plan = propose_batch_warmup(curve, total_tokens=s.tokens, micro_batch_granularity=s.micro_batch,
                                 seq_len=SEQ_LEN, max_sequences=max(s.batch_sequences),
                                 start_sequences=s.reference_sequences)
     print(f"tolerance ε = {s.tolerance:g} (relative loss excess over the branch at the reference's B = "
           f"{s.reference_sequences * SEQ_LEN} tokens)\n")
     print(cbs_report(local, curve, plan))
+    return curve

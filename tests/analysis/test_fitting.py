@@ -180,7 +180,7 @@ def test_check_points_names_column_and_rows():
     from analysis.validate import check_points
 
     df = pl.DataFrame({"N": [1e6, float("nan"), 3e6], "loss": [3.0, 2.9, 2.8]})
-    with pytest.raises(ValueError, match=r"column 'N': 1 of 3 rows are NaN.*rows 1"):
+    with pytest.raises(ValueError, match=r"column 'N': 1 of 3 rows are NaN.*rows 2, counting from 1"):
         check_points(df, ["N", "loss"])
     with pytest.raises(ValueError, match="missing"):
         check_points(df, ["D"])

@@ -305,7 +305,7 @@ def test_table_errors_name_the_column_and_the_fix(tmp_path):
     with pytest.raises(LoadError, match=r"missing column\(s\) \['D'\].*Rename"):
         load_table(path)
     pl.DataFrame({"N": ["1e6", "lots"], "D": [2e7, 3e7], "loss": [3.0, 2.9]}).write_csv(path)
-    with pytest.raises(LoadError, match=r"column 'N' must be numeric but row 1 holds 'lots'"):
+    with pytest.raises(LoadError, match=r"column 'N' must be numeric but data row 2 \(counting from 1.*holds 'lots'"):
         load_table(path)
     pl.DataFrame({"N": [1e6], "D": [2e7], "loss": [3.0], "C": [None]}).write_csv(path)
     assert load_table(path)["C"].to_list() == [6 * 1e6 * 2e7]
