@@ -93,3 +93,55 @@ def test_the_design_expands_from_config_and_composes_into_valid_runs():
 def test_bad_designs_are_refused_with_the_fix(changes, message):
     with pytest.raises(DesignError, match=message):
         design(**changes)
+
+
+# ------------------------------------------------------------------------------------------ the sweep and lab-fit
+
+
+@pytest.fixture(scope="module")
+def check_sweep(tmp_path_factory):
+    """The three runs of one seed of the smoke model, in this process, into a SQLite store."""
+    from sweeps.cli import run_sweep
+
+    workdir = tmp_path_factory.mktemp("warmup_check")
+    overrides = ["experiment=smoke", "tracking.experiment=warmup_check", f"tracking.uri=sqlite:///{workdir}/mlflow.db",
+                 f"checkpoint_dir={workdir}/ckpt", f"data.cache_dir={workdir}/cache",
+                 f"hydra.sweep.dir={workdir}/multirun", "hydra.sweeper.id=wuc-test"]
+    cwd = os.getcwd()
+    os.chdir(workdir)  # MLflow's default artifact root is ./mlruns
+    try:
+        summary = run_sweep([*DESIGN, *overrides])
+    finally:
+        os.chdir(cwd)
+    return workdir, summary
+
+
+def test_lab_fit_warmup_check_reports_steps_saved_and_the_loss_difference(check_sweep, tmp_path, capsys):
+    from analysis.cli import main
+
+    workdir, summary = check_sweep
+    assert [o.status for o in summary.outcomes] == ["FINISHED"] * 3
+    out = tmp_path / "check.json"
+    code = main(["warmup-check", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--sweep", summary.sweep_id,
+                 "--out", str(out), "-q"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "steps saved" in printed.out and "ΔL vs final B" in printed.out
+    result = json.loads(out.read_text())
+    (pair,) = result["pairs"]
+    # warmup: 1024/128 + 2048/256 + 9216/512 = 34 steps; constants: 12288/128 = 96 and 12288/512 = 24 steps
+    assert (pair["steps_warmup"], pair["steps_start"], pair["steps_final"]) == (34, 96, 24)
+    assert pair["D_warmup"] == pair["D_final"] == pair["D_start"] == D, "the same tokens"
+    assert pair["steps_saved"] == pytest.approx(1 - 34 / 96) and pair["steps_saved"] > 0
+    assert math.isfinite(pair["loss_diff_final"]) and math.isfinite(pair["loss_diff_start"])
+    assert pair["loss_diff_final"] == pytest.approx(pair["loss_warmup"] - pair["loss_final"])
+    mean = result["means"]["N1.26e4-D1.23e4"]
+    assert mean["steps_saved"]["mean"] == pytest.approx(pair["steps_saved"]) and mean["steps_saved"]["stderr"] is None
+
+
+def test_lab_fit_warmup_check_on_a_store_without_such_runs_says_what_to_run(check_sweep, capsys):
+    from analysis.cli import main
+
+    workdir, _ = check_sweep
+    code = main(["warmup-check", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--experiment", "nothing", "-q"])
+    assert code == 2 and "error:" in capsys.readouterr().err
