@@ -199,7 +199,7 @@ def warmup_check_report(check: WarmupCheck) -> str:
                    "negative: warmup better; steps saved = 1 − S_warmup/S_start)")]
 
     def mean(s: Any, fmt: str) -> str:
-        return format(s.mean, fmt) + ("" if s.stderr is None else f" ± {format(s.stderr, fmt)}")
+        return format(s.mean, fmt) + ("" if s.stderr is None else f" ± {format(s.stderr, fmt.lstrip('+'))}")
 
     means = [[point, len([p for p in check.pairs if p.point == point]), mean(m["steps_saved"], ".1%"),
               mean(m["step_ratio_final"], ".3g"), mean(m["loss_diff_start"], "+.4f"),
