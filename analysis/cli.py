@@ -217,7 +217,7 @@ def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
                                     args.start_sequences)
     else:
         say("no batch warmup proposed: give --seq-len and --total-tokens (known from the store's reference run)", True)
-    print(report.cbs_report(local, curve, plan))
+    print(report.cbs_report(local, curve, plan, total))
     args.figures = cli_log.cbs_figures(local, curve, plan, total)
     warmup = None if plan is None else {**asdict(plan), "overrides": plan.to_overrides()}
     return {"form": "cbs", "tolerance": args.tolerance, "reference_B": reference_B, "local": local.to_dicts(),

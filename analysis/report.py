@@ -164,7 +164,8 @@ def sensitivity_table(sens: Sensitivity) -> str:
                  f"sensitivity: the forecast refitted leaving one {sens.left_out} out (beside the 95% intervals)")
 
 
-def cbs_report(local: pl.DataFrame, curve: CbsFit, plan: BatchWarmupPlan | None) -> str:
+def cbs_report(local: pl.DataFrame, curve: CbsFit, plan: BatchWarmupPlan | None,
+               total_tokens: float | None = None) -> str:
     """Local CBS per checkpoint, the fitted CBS(D) curves (best by AIC) and the batch warmup as lab-train overrides."""
     parts = [frame_table(local, {"checkpoint tokens": "checkpoint_tokens", "CBS (tokens)": "cbs",
                                  "ref loss": "ref_loss", "B pass": "B_pass", "B fail": "B_fail",
@@ -183,6 +184,10 @@ def cbs_report(local: pl.DataFrame, curve: CbsFit, plan: BatchWarmupPlan | None)
         steps = ", ".join(f"{s} sequences from {num(t)} tokens" for t, s in plan.milestones) or "no change"
         parts.append(f"batch warmup (seq_len {plan.seq_len}): start at {plan.start_sequences} sequences; {steps}\n"
                      "lab-train " + " ".join(shlex.quote(o) for o in plan.to_overrides()))
+        if plan.milestones and total_tokens:
+            parts.append("check it against constant batches (then lab-fit warmup-check --sweep <its id>; set "
+                         "hydra.sweeper.design.sizes and .lr, the lr at the start batch):\nlab-sweep "
+                         + " ".join(shlex.quote(o) for o in plan.check_overrides(total_tokens)))
     return "\n\n".join(parts)
 
 

@@ -95,3 +95,22 @@ def test_cli_on_a_table(tmp_path, capsys):
     pl.DataFrame(runs(0, 3.10, 3.20, 3.12)).drop("role").write_csv(table)
     assert main(["warmup-check", "--input", str(table), "-q"]) == 2
     assert "missing column(s) ['role']" in capsys.readouterr().err
+
+
+def test_the_cbs_plan_gives_the_lab_sweep_overrides_of_its_check():
+    from lab.config import BatchConfig, ModelConfig
+    from sweeps.catalog import expand
+    from analysis.laws.cbs import BatchWarmupPlan
+
+    plan = BatchWarmupPlan(start_sequences=4, milestones=((1024, 8), (3072, 16)), seq_len=32)
+    overrides = plan.check_overrides(12000)
+    assert overrides == [f"sweep={Design.WARMUP_CHECK}", "hydra.sweeper.design.tokens=12288",
+                         "hydra.sweeper.design.start_sequences=4",
+                         "hydra.sweeper.design.milestones=[[1024,8],[3072,16]]"]
+    design = {"name": Design.WARMUP_CHECK, "sizes": [1], "tokens": 12288, "lr": 3e-3, "start_sequences": 4,
+              "milestones": [list(m) for m in plan.milestones]}
+    specs = expand(design, ModelConfig(size=1, seq_len=32), BatchConfig(sequences=8, micro_batch=4))
+    assert [s.tags[Tag.ROLE] for s in specs] == [Role.BATCH_WARMUP, Role.CONSTANT_FINAL, Role.CONSTANT_START]
+    assert plan.check_overrides(100)[1] == "hydra.sweeper.design.tokens=3584", "past the last milestone"
+    with pytest.raises(ValueError, match="no warmup to check"):
+        BatchWarmupPlan(start_sequences=4, milestones=(), seq_len=32).check_overrides(1e4)
