@@ -16,9 +16,10 @@ sequences in the same order):
 
 The LR schedule is a function of tokens (lab.schedules), so all three follow the same LR curve up to the batch
 factor. `lab-fit warmup-check` (analysis.laws.warmup_check) pairs the runs by (point, seed) and reports steps saved
-and loss differences. D must be a whole number of steps of both constant batches; the warmup's milestones must end
-steps of the batch in force (propose_batch_warmup places them so); the warmup then stops at the first step end at or
-past D, within one final batch of it (the report shows each run's D).
+and loss differences. D must be a whole number of steps of both constant batches. The milestones are taken as
+lab-fit cbs gives them, so the warmup run is the one `lab-train <its overrides>` trains: lab changes the batch at the
+first step that starts at or after a milestone, and stops at the first step end at or past D, within one final
+batch of it (lab-fit warmup-check shows each run's D and flags a gap above 1%).
 
 Names: ``wuc-N<N>-D<D>-lr<lr>-<rule>-B<start>-<b1>@<t1>-...-s<seed>`` for the warmup (B in tokens, t in tokens) and
 ``wuc-N<N>-D<D>-lr<lr used>-B<b>-s<seed>`` for the constant batches: each covers what changes the run's trajectory.
@@ -86,13 +87,6 @@ def warmup_check(base: Base, tokens: float, lr: float, milestones: Sequence[Sequ
     for b in (start, *(b for _, b in steps)):
         _check(b % micro == 0, f"batch of {b} sequences is not a multiple of batch.micro_batch={micro}; use "
                "multiples of it (lab-fit cbs --granularity)")
-    previous_t, previous_b = 0, start
-    for t, b in steps:
-        _check((t - previous_t) % (previous_b * seq) == 0,
-               f"milestone at {t} tokens does not end a step of the batch in force ({previous_b} sequences x "
-               f"seq_len {seq} = {previous_b * seq} tokens per step, from {previous_t} tokens); use "
-               f"{previous_t + math.ceil((t - previous_t) / (previous_b * seq)) * previous_b * seq}")
-        previous_t, previous_b = t, b
     _check(D > steps[-1][0], f"tokens={D} must exceed the last milestone ({steps[-1][0]} tokens) so the warmup "
            "reaches its final batch")
     lcm = math.lcm(start * seq, final * seq)
