@@ -18,7 +18,7 @@ from lab.config import BatchConfig, ModelConfig
 from sweeps.catalog import expand
 from sweeps.designs import Base, DesignError, RunSpec
 from sweeps.warmup_check import warmup_check
-from tracking.record import Design, Role, Tag
+from tracking.record import Artifact, Design, Role, Tag
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "warmup_check.json"
 D = 12288
@@ -124,10 +124,12 @@ def test_lab_fit_warmup_check_reports_steps_saved_and_the_loss_difference(check_
     assert [o.status for o in summary.outcomes] == ["FINISHED"] * 3
     out = tmp_path / "check.json"
     code = main(["warmup-check", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--sweep", summary.sweep_id,
-                 "--out", str(out), "-q"])
+                 "--out", str(out), "--log"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "steps saved" in printed.out and "ΔL vs final B" in printed.out
+    print(printed.out)  # the figures of the report (pytest -s)
+    assert f"logged fits/warmup-check/{Artifact.LAW}" in printed.err, "the check rides on the sweep's parent run"
     result = json.loads(out.read_text())
     (pair,) = result["pairs"]
     # warmup: 1024/128 + 2048/256 + 9216/512 = 34 steps; constants: 12288/128 = 96 and 12288/512 = 24 steps
