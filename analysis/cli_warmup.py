@@ -8,7 +8,8 @@ From the store: FINISHED runs of design ``warmup_check`` (--experiment, --sweep)
 each run's role (batch_warmup, constant_final, constant_start), optimizer steps (param ``steps``), D (last
 ``tokens``) and final val/loss. Prints per (point, seed) and as means over seeds the steps saved,
 1 − S_warmup / S_start, and the loss differences L_warmup − L_constant (negative: the warmup is better); --out writes
-the same as JSON (analysis.laws.warmup_check).
+the same as JSON (analysis.laws.warmup_check). The promise is kept where the warmup takes fewer steps than the start
+batch and its loss stays within --tolerance (the CBS's 1%) of that run's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from analysis import report
 from analysis.cli_input import CliError, Progress, store_runs
+from analysis.laws.cbs import CBS_TOLERANCE
 from analysis.laws.warmup_check import COLUMNS, check_warmup
 from analysis.load import load_table
 from analysis.points import warmup_check_points
@@ -28,6 +30,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register `lab-fit warmup-check` on the subparsers of analysis.cli."""
     p = sub.add_parser("warmup-check", parents=[common], help="steps saved and loss difference of a batch warmup "
                        "against constant batches (lab-sweep sweep=warmup_check)")
+    p.add_argument("--tolerance", type=float, default=CBS_TOLERANCE, help="kept: the warmup's loss within this "
+                   "relative excess of the start batch's (the CBS tolerance)")
     p.set_defaults(run=run)
 
 
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
             raise CliError(f"no FINISHED runs of design {Design.WARMUP_CHECK} (tag {Tag.DESIGN}) in "
                            f"{args.tracking_uri}{' sweep ' + args.sweep if args.sweep else ''}; run lab-sweep "
                            f"sweep={Design.WARMUP_CHECK} first and pass its sweep id with --sweep")
-    check = check_warmup(frame)
+    check = check_warmup(frame, args.tolerance)
     print(report.warmup_check_report(check))
     args.figures = {}
     return {"form": Design.WARMUP_CHECK, **check.to_dict()}

@@ -196,10 +196,10 @@ def warmup_check_report(check: WarmupCheck) -> str:
     steps saved against the start batch and the loss differences L_warmup − L_constant (negative: warmup better);
     then the means over seeds per point, with standard errors where there are several seeds."""
     rows = [[p.point, p.seed, p.steps_warmup, p.steps_start, p.steps_final, f"{p.steps_saved:.1%}",
-             p.step_ratio_final, p.loss_warmup, f"{p.loss_diff_start:+.4f}", f"{p.loss_diff_final:+.4f}"]
-            for p in check.pairs]
+             p.step_ratio_final, p.loss_warmup, f"{p.loss_diff_start:+.4f}", f"{p.loss_diff_final:+.4f}",
+             "yes" if p.kept(check.tolerance) else "no"] for p in check.pairs]
     parts = [table(["point", "seed", "S warmup", "S start B", "S final B", "steps saved", "S warmup/S final",
-                    "L warmup", "ΔL vs start B", "ΔL vs final B"], rows,
+                    "L warmup", "ΔL vs start B", "ΔL vs final B", "kept"], rows,
                    "batch warmup against constant batches on the same tokens (ΔL = L_warmup − L_constant, "
                    "negative: warmup better; steps saved = 1 − S_warmup/S_start)")]
 
@@ -211,5 +211,7 @@ def warmup_check_report(check: WarmupCheck) -> str:
               mean(m["loss_diff_final"], "+.4f")] for point, m in check.means.items()]
     parts.append(table(["point", "seeds", "steps saved", "S warmup/S final", "ΔL vs start B", "ΔL vs final B"],
                        means, "mean over seeds (± standard error)"))
+    parts.append(f"promise kept (fewer steps than the start batch, loss within {check.tolerance:.1%} of its loss) at "
+                 f"{check.kept} of {len(check.pairs)} (point, seed)")
     parts += [f"note: {n}" for n in check.notes]
     return "\n\n".join(parts)

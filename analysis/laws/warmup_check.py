@@ -13,9 +13,10 @@ validation losses L (nats/token):
     ΔL_final             L_warmup − L_final       loss difference against the final batch from the start
     ΔL_start             L_warmup − L_start       loss difference against the start batch throughout
 
-Sign convention: a negative ΔL means the warmup reached the *lower* (better) loss. The promise holds at a seed when
-steps saved > 0 and ΔL_start <= 0 (or within the seed-to-seed spread), and ΔL_final says whether growing the batch
-gradually beats using the large batch from the start. Means over seeds, and their standard error where there are
+Sign convention: a negative ΔL means the warmup reached the *lower* (better) loss. The promise is *kept* at a seed
+when steps saved > 0 and the warmup's loss is within the tolerance ε that defines the critical batch size
+(analysis.laws.cbs.CBS_TOLERANCE, 1%) of the start-batch run's: L_warmup <= L_start·(1 + ε). ΔL_final says whether
+growing the batch gradually beats using the large batch from the start. Means over seeds, and their standard error where there are
 two or more seeds. Torch-free; input is a tidy frame (analysis.points.warmup_check_points).
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from analysis.laws.cbs import CBS_TOLERANCE
 from analysis.validate import PointsError
 from tracking.record import Role
 
@@ -74,6 +76,10 @@ class WarmupPair:
         """L_warmup − L_start (nats/token); negative: the warmup is better."""
         return self.loss_warmup - self.loss_start
 
+    def kept(self, tolerance: float = CBS_TOLERANCE) -> bool:
+        """Fewer steps than the start batch, and a loss within ``tolerance`` (relative) of its loss."""
+        return self.steps_saved > 0 and self.loss_warmup <= self.loss_start * (1.0 + tolerance)
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "steps_saved": self.steps_saved, "step_ratio_final": self.step_ratio_final,
                 "loss_diff_final": self.loss_diff_final, "loss_diff_start": self.loss_diff_start}
@@ -95,9 +101,17 @@ class WarmupCheck:
     means: dict[str, dict[str, Summary]]
     """point -> quantity (steps_saved, step_ratio_final, loss_diff_final, loss_diff_start) -> mean over seeds."""
     notes: tuple[str, ...] = ()
+    tolerance: float = CBS_TOLERANCE
+    """ε of WarmupPair.kept."""
+
+    @property
+    def kept(self) -> int:
+        """How many (point, seed) kept the promise (module docstring)."""
+        return sum(p.kept(self.tolerance) for p in self.pairs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pairs": [p.to_dict() for p in self.pairs],
+        return {"tolerance": self.tolerance, "kept": self.kept,
+                "pairs": [{**p.to_dict(), "kept": p.kept(self.tolerance)} for p in self.pairs],
                 "means": {pt: {q: asdict(s) for q, s in m.items()} for pt, m in self.means.items()},
                 "notes": list(self.notes), "sign": "loss differences are L_warmup - L_constant: negative = warmup "
                 "better; steps_saved = 1 - S_warmup / S_constant_start"}
@@ -112,13 +126,16 @@ def _summary(values: list[float]) -> Summary:
     return Summary(float(x.mean()), stderr)
 
 
-def check_warmup(frame: pl.DataFrame) -> WarmupCheck:
+def check_warmup(frame: pl.DataFrame, tolerance: float = CBS_TOLERANCE) -> WarmupCheck:
     """Pair the runs of a warmup check by (point, seed) and measure steps saved and loss differences.
 
     A (point, seed) lacking one of the three roles is left out and named in the notes; with no complete one this
     raises PointsError naming what is there. Two runs of one role at one (point, seed) are an error (two sweeps
     mixed: select one with --sweep).
     """
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance is a relative loss excess in (0, 1), got {tolerance}; the CBS uses "
+                         f"{CBS_TOLERANCE}")
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise PointsError(f"warmup check: columns {missing} missing; pass analysis.points.warmup_check_points(...)"
@@ -154,4 +171,4 @@ def check_warmup(frame: pl.DataFrame) -> WarmupCheck:
     for point in sorted({p.point for p in pairs}):
         of_point = [p for p in pairs if p.point == point]
         means[point] = {q: _summary([getattr(p, q) for p in of_point]) for q in QUANTITIES}
-    return WarmupCheck(tuple(pairs), means, tuple(notes))
+    return WarmupCheck(tuple(pairs), means, tuple(notes), tolerance)

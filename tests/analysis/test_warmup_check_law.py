@@ -114,3 +114,13 @@ def test_the_cbs_plan_gives_the_lab_sweep_overrides_of_its_check():
     assert plan.check_overrides(100)[1] == "hydra.sweeper.design.tokens=3584", "past the last milestone"
     with pytest.raises(ValueError, match="no warmup to check"):
         BatchWarmupPlan(start_sequences=4, milestones=(), seq_len=32).check_overrides(1e4)
+
+
+def test_the_promise_is_kept_within_the_cbs_tolerance_of_the_start_batch():
+    check = check_warmup(pl.DataFrame(runs(0, 3.12, 3.2, 3.10) + runs(1, 3.20, 3.2, 3.10)))
+    assert [p.kept(0.01) for p in check.pairs] == [True, False]  # 3.12 <= 3.10 x 1.01 = 3.131; 3.20 is not
+    assert check.kept == 1 and check.to_dict()["kept"] == 1
+    assert check_warmup(pl.DataFrame(runs(0, 3.20, 3.2, 3.10)), tolerance=0.05).kept == 1
+    assert "at 1 of 2 (point, seed)" in warmup_check_report(check)
+    with pytest.raises(ValueError, match="tolerance"):
+        check_warmup(pl.DataFrame(runs(0, 3.1, 3.2, 3.1)), tolerance=0)
