@@ -8,6 +8,7 @@
     lab-fit cbs --input branches.csv --seq-len 256 --total-tokens 2e9 --out cbs.json
     lab-fit forecast --tracking-uri sqlite:///mlflow.db --law hparams --target-N 1e8 --target-D 2e9  (--check later)
     lab-fit schedule --input curves.csv --fit-runs cosine constant two-stage --predict-out pred.csv  (cli_schedule)
+    lab-fit warmup-check --tracking-uri sqlite:///mlflow.db --sweep warmup-1 --out check.json  (cli_warmup)
 
 Runs come from --input, a CSV or Parquet table (`analysis.load.load_table`, design §4 column names), or from
 --tracking-uri, an MLflow store (`analysis.load.load_runs`) narrowed by --experiment and --sweep (tag sweep=ID):
@@ -40,7 +41,7 @@ from typing import Any
 
 import polars as pl
 
-from analysis import cli_log, cli_schedule, report
+from analysis import cli_log, cli_schedule, cli_warmup, report
 from analysis.cli_input import CliError, Progress, frame, store_runs
 from analysis.extrapolate import holdout_check
 from analysis.laws.cbs import CBS_TOLERANCE, fit_cbs_curve, local_cbs, propose_batch_warmup
@@ -216,7 +217,7 @@ def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
                                     args.start_sequences)
     else:
         say("no batch warmup proposed: give --seq-len and --total-tokens (known from the store's reference run)", True)
-    print(report.cbs_report(local, curve, plan))
+    print(report.cbs_report(local, curve, plan, total))
     args.figures = cli_log.cbs_figures(local, curve, plan, total)
     warmup = None if plan is None else {**asdict(plan), "overrides": plan.to_overrides()}
     return {"form": "cbs", "tolerance": args.tolerance, "reference_B": reference_B, "local": local.to_dicts(),
@@ -293,6 +294,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_forecast(sub, [common, scale], _positive)
     cli_schedule.add_parser(sub, common)  # lab-fit schedule: analysis/cli_schedule.py
+    cli_warmup.add_parser(sub, common)  # lab-fit warmup-check: analysis/cli_warmup.py
     return parser
 
 

@@ -227,6 +227,33 @@ def _branch_points(runs: pl.DataFrame) -> Points:
     return Points("cbs", frame, complete, tuple(notes), mixed)
 
 
+WARMUP_COLUMNS = ("run_id", "run_name", SWEEP, "point", "seed", "role", "steps", "D", "B", "lr", "loss")
+"""Columns of a warmup check's frame (analysis.laws.warmup_check): one row per run, ``steps`` its optimizer steps."""
+
+
+def warmup_check_points(runs: pl.DataFrame) -> Points:
+    """The runs of a batch-warmup check (design ``warmup_check``, sweeps.warmup_check): FINISHED training runs with
+    their role, point and seed tags, optimizer steps (param ``steps``, else the last train/loss step) and loss."""
+    runs = training_runs(runs)
+    if DESIGN in runs.columns:
+        runs = runs.filter(pl.col(DESIGN) == Design.WARMUP_CHECK)
+    else:
+        runs = runs.clear()
+    done = finished(runs)
+    notes = []
+    if done.height < runs.height:
+        names = runs.join(done, on="run_id", how="anti")["run_name"].to_list()
+        notes.append(f"left out {len(names)} runs that did not finish with a finite val/loss: {names[:5]}")
+    param_steps = f"param.{Param.STEPS}"
+    steps = pl.col(param_steps).cast(pl.Float64, strict=False) if param_steps in done.columns else pl.lit(None)
+    tag = {c: f"tag.{t}" for c, t in (("point", Tag.POINT), ("seed", Tag.SEED), ("role", Tag.ROLE))}
+    frame = done.with_columns(
+        steps=pl.coalesce(steps, pl.col("steps").cast(pl.Float64)).cast(pl.Int64),
+        **{c: pl.col(t) if t in done.columns else pl.lit(None, pl.String) for c, t in tag.items()})
+    frame = frame.select(*[pl.col(c) if c in frame.columns else pl.lit(None).alias(c) for c in WARMUP_COLUMNS])
+    return Points(Design.WARMUP_CHECK, frame, done, tuple(notes), _mixed(done, Design.WARMUP_CHECK))
+
+
 def _check_law(law: str) -> None:
     if law not in LAW_DESIGNS:
         raise ValueError(f"law must be one of {LAWS}, got {law!r}")

@@ -19,6 +19,7 @@ from analysis.fitting import FitResult
 from analysis.laws.cbs import BatchWarmupPlan, CbsFit
 from analysis.laws.hparams import HparamsPrediction, HparamsResult
 from analysis.laws.isoflop import Allocation, IsoflopResult
+from analysis.laws.warmup_check import WarmupCheck
 from analysis.recipe import Recipe
 from analysis.sensitivity import Sensitivity
 
@@ -163,7 +164,8 @@ def sensitivity_table(sens: Sensitivity) -> str:
                  f"sensitivity: the forecast refitted leaving one {sens.left_out} out (beside the 95% intervals)")
 
 
-def cbs_report(local: pl.DataFrame, curve: CbsFit, plan: BatchWarmupPlan | None) -> str:
+def cbs_report(local: pl.DataFrame, curve: CbsFit, plan: BatchWarmupPlan | None,
+               total_tokens: float | None = None) -> str:
     """Local CBS per checkpoint, the fitted CBS(D) curves (best by AIC) and the batch warmup as lab-train overrides."""
     parts = [frame_table(local, {"checkpoint tokens": "checkpoint_tokens", "CBS (tokens)": "cbs",
                                  "ref loss": "ref_loss", "B pass": "B_pass", "B fail": "B_fail",
@@ -182,4 +184,34 @@ def cbs_report(local: pl.DataFrame, curve: CbsFit, plan: BatchWarmupPlan | None)
         steps = ", ".join(f"{s} sequences from {num(t)} tokens" for t, s in plan.milestones) or "no change"
         parts.append(f"batch warmup (seq_len {plan.seq_len}): start at {plan.start_sequences} sequences; {steps}\n"
                      "lab-train " + " ".join(shlex.quote(o) for o in plan.to_overrides()))
+        if plan.milestones and total_tokens:
+            parts.append("check it against constant batches (then lab-fit warmup-check --sweep <its id>; set "
+                         "hydra.sweeper.design.sizes and .lr, the lr at the start batch):\nlab-sweep "
+                         + " ".join(shlex.quote(o) for o in plan.check_overrides(total_tokens)))
+    return "\n\n".join(parts)
+
+
+def warmup_check_report(check: WarmupCheck) -> str:
+    """A batch-warmup check (analysis.laws.warmup_check): per (point, seed) the optimizer steps of the three runs,
+    steps saved against the start batch and the loss differences L_warmup − L_constant (negative: warmup better);
+    then the means over seeds per point, with standard errors where there are several seeds."""
+    rows = [[p.point, p.seed, p.steps_warmup, p.steps_start, p.steps_final, f"{p.steps_saved:.1%}",
+             p.step_ratio_final, p.loss_warmup, f"{p.loss_diff_start:+.4f}", f"{p.loss_diff_final:+.4f}",
+             "yes" if p.kept(check.tolerance) else "no"] for p in check.pairs]
+    parts = [table(["point", "seed", "S warmup", "S start B", "S final B", "steps saved", "S warmup/S final",
+                    "L warmup", "ΔL vs start B", "ΔL vs final B", "kept"], rows,
+                   "batch warmup against constant batches on the same tokens (ΔL = L_warmup − L_constant, "
+                   "negative: warmup better; steps saved = 1 − S_warmup/S_start)")]
+
+    def mean(s: Any, fmt: str) -> str:
+        return format(s.mean, fmt) + ("" if s.stderr is None else f" ± {format(s.stderr, fmt.lstrip('+'))}")
+
+    means = [[point, len([p for p in check.pairs if p.point == point]), mean(m["steps_saved"], ".1%"),
+              mean(m["step_ratio_final"], ".3g"), mean(m["loss_diff_start"], "+.4f"),
+              mean(m["loss_diff_final"], "+.4f")] for point, m in check.means.items()]
+    parts.append(table(["point", "seeds", "steps saved", "S warmup/S final", "ΔL vs start B", "ΔL vs final B"],
+                       means, "mean over seeds (± standard error)"))
+    parts.append(f"promise kept (fewer steps than the start batch, loss within {check.tolerance:.1%} of its loss) at "
+                 f"{check.kept} of {len(check.pairs)} (point, seed)")
+    parts += [f"note: {n}" for n in check.notes]
     return "\n\n".join(parts)

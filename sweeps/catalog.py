@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 from lab.config import BatchConfig, ModelConfig
-from sweeps import branches
+from sweeps import branches, warmup_check
 from sweeps.designs import Base, DesignError, RunSpec, isoflop, lr_batch, size_tokens_grid
 from tracking.record import Design
 
@@ -17,6 +17,7 @@ DESIGNS: Mapping[str, Callable[..., list[RunSpec]]] = MappingProxyType({
     Design.ISOFLOP: isoflop,
     Design.LR_BATCH: lr_batch,
     Design.CBS: branches.cbs,
+    Design.WARMUP_CHECK: warmup_check.warmup_check,
 })
 
 

@@ -164,6 +164,12 @@ class Role:
     REFERENCE: Final = "reference"
     BRANCH: Final = "branch"
     PARENT: Final = "parent"
+    BATCH_WARMUP: Final = "batch_warmup"
+    """A warmup check's run with the proposed stepwise batch warmup (sweeps.warmup_check)."""
+    CONSTANT_FINAL: Final = "constant_final"
+    """A warmup check's run at a constant batch, the warmup's final one (lr by the same rescale rule)."""
+    CONSTANT_START: Final = "constant_start"
+    """A warmup check's run at a constant batch, the warmup's first one: the baseline its steps are saved against."""
 
 
 class Design:
@@ -173,6 +179,7 @@ class Design:
     ISOFLOP: Final = "isoflop"
     LR_BATCH: Final = "lr_batch"
     CBS: Final = "cbs"
+    WARMUP_CHECK: Final = "warmup_check"
 
 
 class FailureKind:

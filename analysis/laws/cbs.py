@@ -14,6 +14,7 @@ B_crit (McCandlish et al. 2018) lives in `analysis.laws.tradeoff` and is re-expo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from analysis.fitting import (FitResult, bootstrap, fit_power_law, grid_starts, 
 from analysis.laws.loglinear import jsonable
 from analysis.laws.tradeoff import TradeoffResult, fit_tradeoff, steps_to_target
 from analysis.validate import PointsError, check_points
+from tracking.record import Design
 
 __all__ = ["CBS_TOLERANCE", "BatchWarmupPlan", "CbsFit", "TradeoffResult", "fit_cbs_curve", "fit_tradeoff",
            "local_cbs", "propose_batch_warmup", "steps_to_target"]
@@ -220,6 +222,18 @@ class BatchWarmupPlan:
         pairs = ",".join(f"[{t},{s}]" for t, s in self.milestones)
         return ["batch.schedule=stepwise", f"batch.start_sequences={self.start_sequences}",
                 f"batch.sequences={self.milestones[-1][1]}", f"batch.milestones=[{pairs}]"]
+
+    def check_overrides(self, total_tokens: float) -> list[str]:
+        """lab-sweep overrides of the warmup check (sweep=warmup_check, sweeps.warmup_check) of this plan: D is
+        total_tokens rounded up to a whole number of steps of the start and the final batch, as the check needs."""
+        if not self.milestones:
+            raise ValueError("a plan without milestones is a constant batch: there is no warmup to check")
+        pairs = ",".join(f"[{t},{s}]" for t, s in self.milestones)
+        unit = math.lcm(self.start_sequences, self.milestones[-1][1]) * self.seq_len
+        D = max(math.ceil(total_tokens / unit), self.milestones[-1][0] // unit + 1) * unit
+        return [f"sweep={Design.WARMUP_CHECK}", f"hydra.sweeper.design.tokens={D}",
+                f"hydra.sweeper.design.start_sequences={self.start_sequences}",
+                f"hydra.sweeper.design.milestones=[{pairs}]"]
 
 
 def propose_batch_warmup(fit: CbsFit, total_tokens: float, micro_batch_granularity: int, seq_len: int,
