@@ -7,6 +7,7 @@
     lab-fit hparams --input landscape.csv --method auto --target-N 1e8 --target-D 2e9 --out hp.json
     lab-fit cbs --input branches.csv --seq-len 256 --total-tokens 2e9 --out cbs.json
     lab-fit forecast --tracking-uri sqlite:///mlflow.db --law hparams --target-N 1e8 --target-D 2e9  (--check later)
+    lab-fit schedule --input curves.csv --fit-runs cosine constant two-stage --predict-out pred.csv  (cli_schedule)
 
 Runs come from --input, a CSV or Parquet table (`analysis.load.load_table`, design §4 column names), or from
 --tracking-uri, an MLflow store (`analysis.load.load_runs`) narrowed by --experiment and --sweep (tag sweep=ID):
@@ -39,7 +40,7 @@ from typing import Any
 
 import polars as pl
 
-from analysis import cli_log, report
+from analysis import cli_log, cli_schedule, report
 from analysis.cli_input import CliError, Progress, frame, store_runs
 from analysis.extrapolate import holdout_check
 from analysis.laws.cbs import CBS_TOLERANCE, fit_cbs_curve, local_cbs, propose_batch_warmup
@@ -290,6 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     from analysis.cli_forecast import add_parser as add_forecast  # imports this module: registered late
 
     add_forecast(sub, [common, scale], _positive)
+    cli_schedule.add_parser(sub, common)  # lab-fit schedule: analysis/cli_schedule.py
     return parser
 
 

@@ -175,7 +175,7 @@ def branch_from(cfg: TrainConfig, gpt_cfg: GPTConfig, N: int, lr_schedule: LRSch
     same = {"seed": (cfg.seed, rec["seed"]), "optim.lr": (cfg.optim.lr, rec["peak_lr"])}
     model = json.loads(json.dumps(dataclasses.asdict(gpt_cfg)))  # as the record holds it (tuples become lists)
     same.update({f"model.{k}": (model.get(k), v) for k, v in rec["model"].items()})
-    mine = dataclasses.asdict(lr_schedule)
+    mine = json.loads(json.dumps(dataclasses.asdict(lr_schedule)))  # as the record stores it: tuples as lists
     for k, v in rec["lr_schedule"].items():
         if k != "power_batch":  # the power scheduler's β is the run's first batch: the branch keeps the reference's
             same[f"LR schedule {k}"] = (mine[k], v)

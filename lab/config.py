@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-LR_SCHEDULES = ("constant", "cosine", "linear", "wsd", "power", "inverse_sqrt")
+LR_SCHEDULES = ("constant", "cosine", "linear", "wsd", "power", "inverse_sqrt", "table")
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
 BATCH_SCHEDULES = ("constant", "linear", "stepwise")
 LR_RESCALE_RULES = ("none", "linear", "sqrt")
@@ -154,8 +154,23 @@ class OptimConfig:
     decay_fraction: float = 0.2
     """wsd / power: fraction of the run spent decaying."""
     decay_shape: str = "linear"
+    table: Optional[str] = None
+    """schedule=table: CSV with columns fraction (of the run's tokens, 0..1), lr_multiplier (of lr), warmup
+    included; lab-train interpolates linearly and records the file as a run artifact
+    (tracking.record.Artifact.LR_TABLE)."""
 
     def __post_init__(self) -> None:
+        if self.schedule == "table" or self.table is not None:
+            from lab.schedules import ScheduleError, read_lr_table  # torch-free
+
+            _require(self.schedule == "table", "optim.table", self.table,
+                     "a table is only read with optim.schedule=table; set it, or drop optim.table")
+            _require(bool(self.table), "optim.table", self.table,
+                     "optim.schedule=table needs the CSV: optim.table=path/to/schedule.csv (fraction,lr_multiplier)")
+            try:
+                read_lr_table(str(self.table))  # validated before any run starts
+            except ScheduleError as err:
+                raise ConfigError("optim.table", self.table, str(err)) from err
         _require(self.lr > 0, "optim.lr", self.lr, "the peak learning rate must be > 0, e.g. optim.lr=3e-3")
         _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "use a value >= 0")
         _require(0 <= self.beta1 < 1, "optim.beta1", self.beta1, "use a value in [0, 1)")

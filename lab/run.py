@@ -26,7 +26,7 @@ from lab.datamodule import TokenData
 from lab.model import GPT, GPTConfig, gpt_config
 from lab.module import Accounting, DivergedError, LitGPT
 from lab.progress import StepProgressBar
-from lab.schedules import BatchSchedule, LRSchedule, PlanStep, describe_plan, plan as schedule_plan
+from lab.schedules import BatchSchedule, LRSchedule, PlanStep, describe_plan, plan as schedule_plan, read_lr_table
 from lab.logger import PendingMetrics, RunLogger
 from tracking import runs as tracked
 from tracking.record import Artifact, Checkpoint, FailureKind, Param, Tag, compute
@@ -79,7 +79,8 @@ def lr_schedule(cfg: TrainConfig, D: int) -> LRSchedule:
     start = b.start_sequences if b.start_sequences is not None else b.sequences
     return LRSchedule(name=o.schedule, warmup_tokens=warmup, total_tokens=D, min_lr_ratio=o.min_lr_ratio,
                       decay_fraction=o.decay_fraction, decay_shape=o.decay_shape,
-                      power_batch=start, power_lr_max=o.lr)
+                      power_batch=start, power_lr_max=o.lr,
+                      table=read_lr_table(o.table) if o.schedule == "table" else ())
 
 
 def step_plan(cfg: TrainConfig, D: int) -> list[PlanStep]:
@@ -194,6 +195,8 @@ def execute(p: PreparedRun, callbacks: Sequence[L.Callback] = ()) -> RunResult:
                                 **(p.branch.params(cfg.model.seq_len) if p.branch else {}),
                                 **parallel.describe(parallelism)})
         if parallel.rank() == 0:  # other ranks (relaunched by Lightning or srun) have no MLflow run of their own
+            if cfg.optim.schedule == "table":  # the schedule itself, not only its path, goes on record
+                logger.experiment.log_text(logger.run_id, Path(cfg.optim.table).read_text(), Artifact.LR_TABLE)
             identity.write_record(ckpt_dir, logger.run_id, run_name, cfg)
             log_plan(logger, plan, cfg)
             lineage.record_data(logger.experiment, logger.run_id, data.lineage)

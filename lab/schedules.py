@@ -15,6 +15,7 @@ Conventions (units in brackets):
 from __future__ import annotations
 
 import bisect
+import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ class ScheduleError(ValueError):
     """A schedule configuration that cannot run; the message names the field, the value and the fix."""
 
 
-LR_SCHEDULES = ("constant", "cosine", "linear", "wsd", "power", "inverse_sqrt")
+LR_SCHEDULES = ("constant", "cosine", "linear", "wsd", "power", "inverse_sqrt", "table")
+LR_TABLE_COLUMNS = ("fraction", "lr_multiplier")
+"""Columns of a tabulated LR schedule: fraction of the run's tokens, lr as a fraction of the peak."""
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
 BATCH_SCHEDULES = ("constant", "linear", "stepwise")
 RESCALE_RULES = ("none", "linear", "sqrt")
@@ -52,6 +55,8 @@ class LRSchedule:
       ``decay_shape`` from 1 to min over [t0, total].
     - ``power``: the Power scheduler (Shen et al. 2024, arXiv:2408.13359, §4), see :func:`power_lr_multiplier`.
     - ``inverse_sqrt``: warmup, then sqrt(warmup/tokens) (Vaswani et al. 2017, in tokens); min_lr_ratio unused.
+    - ``table``: linear interpolation in ``table`` ((fraction of total_tokens, multiplier), ...), its own warmup
+      included (warmup_tokens unused), e.g. the schedule `analysis.laws.schedule_choose` chose with a fitted law.
 
     Decay shapes over the decay window, with p ∈ [0, 1] the fraction of the window elapsed, all going 1 → min:
     ``linear`` 1 − p; ``cosine`` (1 + cos πp)/2; ``1-sqrt`` 1 − sqrt(p) (Hägele et al. 2024, "Scaling Laws and
@@ -79,8 +84,13 @@ class LRSchedule:
     """β of the Power scheduler: the batch size [sequences] the amplitude refers to (the run's initial batch)."""
     power_lr_max: float = 0.0
     """η_max of the Power scheduler: the lr cap, i.e. the configured peak lr (optim.lr)."""
+    table: tuple[tuple[float, float], ...] = ()
+    """``table``: rows (fraction of total_tokens, lr multiplier), fractions from 0 to 1 increasing (read_lr_table)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "table", tuple((float(f), float(m)) for f, m in self.table))
+        if self.name == "table":
+            check_lr_table(self.table, "LRSchedule.table")
         _require(self.name in LR_SCHEDULES,
                  f"LRSchedule.name={self.name!r} is unknown; use one of {', '.join(LR_SCHEDULES)}")
         _require(self.total_tokens > 0,
@@ -171,6 +181,8 @@ def lr_multiplier(tokens: float, s: LRSchedule) -> float:
         raise ScheduleError(f"lr_multiplier(tokens={tokens}): tokens must be >= 0")
     if s.name == "power":
         return _power_schedule(tokens, s)
+    if s.name == "table":
+        return _table_multiplier(min(tokens / s.total_tokens, 1.0), s.table)
     if tokens < s.warmup_tokens:
         return tokens / s.warmup_tokens
     if s.name == "constant":
@@ -185,6 +197,48 @@ def lr_multiplier(tokens: float, s: LRSchedule) -> float:
     if tokens < t0:
         return 1.0
     return _decay((tokens - t0) / (s.total_tokens - t0), s.min_lr_ratio, s.decay_shape)
+
+
+def _table_multiplier(fraction: float, table: tuple[tuple[float, float], ...]) -> float:
+    i = bisect.bisect_right([f for f, _ in table], fraction)
+    if i >= len(table):
+        return table[-1][1]
+    (f0, m0), (f1, m1) = table[i - 1], table[i]
+    return m0 + (m1 - m0) * (fraction - f0) / (f1 - f0)
+
+
+def check_lr_table(table: Sequence[tuple[float, float]], where: str) -> None:
+    """A tabulated schedule must start at fraction 0, end at 1, increase strictly, with multipliers in [0, 1]."""
+    _require(len(table) >= 2, f"{where} has {len(table)} rows; give at least (0, m0) and (1, m1)")
+    fractions = [f for f, _ in table]
+    _require(fractions[0] == 0.0 and fractions[-1] == 1.0,
+             f"{where} covers fractions {fractions[0]:g}..{fractions[-1]:g} of the run; make it start at 0 and end "
+             "at 1 (fractions of the run's tokens)")
+    bad = next((i for i in range(1, len(fractions)) if not fractions[i] > fractions[i - 1]), None)
+    _require(bad is None, f"{where}: fraction {fractions[bad] if bad else 0:g} (row {bad}) does not increase; sort "
+                          "the rows by fraction and drop repeats")
+    out = [m for _, m in table if not (0.0 <= m <= 1.0 and math.isfinite(m))]
+    _require(not out, f"{where}: lr multiplier {out[0] if out else 0:g} is outside [0, 1]; multipliers are "
+                      "fractions of the peak lr (optim.lr)")
+
+
+def read_lr_table(path: str) -> tuple[tuple[float, float], ...]:
+    """Rows of a CSV with columns fraction, lr_multiplier (LR_TABLE_COLUMNS), checked by check_lr_table."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in LR_TABLE_COLUMNS if c not in (reader.fieldnames or ())]
+            _require(not missing, f"LR table {path} lacks columns {missing} (has {reader.fieldnames}); give "
+                                  f"{', '.join(LR_TABLE_COLUMNS)}")
+            rows = tuple((float(r["fraction"]), float(r["lr_multiplier"])) for r in reader)
+    except OSError as err:
+        raise ScheduleError(f"cannot read LR table {path}: {err.strerror}; check optim.table") from err
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ScheduleError):
+            raise
+        raise ScheduleError(f"LR table {path} has a value that is not a number ({err}); fill every cell") from err
+    check_lr_table(rows, f"LR table {path}")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -201,6 +201,8 @@ class Artifact:
     """The step plan's batch changes and the LR factor each applies (schedules.describe_plan)."""
     FORECAST: Final = "forecast.json"
     """A forecast run's payload: law, target, predictions with intervals, sensitivity, fitted run ids."""
+    LR_TABLE: Final = "lr_table.csv"
+    """A run with optim.schedule=table: the tabulated LR schedule it trained with (fraction, lr_multiplier)."""
 
 
 class Checkpoint:
