@@ -86,7 +86,7 @@ def frame(args: argparse.Namespace, needed: Sequence[str], say: Progress, law: s
         if total:
             runs = runs.with_columns(N=pl.col("N_total"))
         chosen = store_points(runs, law, needed, say)
-        if (mixed := mixed_data_warning(chosen.frame)) is not None:  # a law across corpora or tokenizations
+        if (mixed := mixed_data_warning(chosen.runs)) is not None:  # a law across corpora or tokenizations
             say(mixed, True)
         df = chosen.frame if mode == "final" else _curve_frame(args, chosen.runs, mode, say)
         return df
