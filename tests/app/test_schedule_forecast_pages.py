@@ -168,3 +168,17 @@ def test_schedules_page_fits_predicts_and_chooses_as_lab_fit_schedule_does(curve
 
     at.selectbox(key="sched_form").set_value(sf.ANNEALING).run()
     assert "**C** =" in shown(checked(at)) and "**gamma**" not in shown(at)
+
+
+def test_schedules_page_fits_runs_of_one_size_from_the_store_as_lab_fit_schedule_does(store_uri, monkeypatch):
+    at = open_page(store_uri, pages.SCHEDULES.path, monkeypatch)
+    fit_runs = at.multiselect(key="sched_fit").value
+    N = at.selectbox(key="sched_N").value
+    from analysis.load import load_runs
+
+    runs = load_runs(store_uri).filter(pl.col("run_id").is_in(fit_runs))
+    assert len(fit_runs) == 3 and runs["N"].unique().to_list() == [N]
+    expected = lab_fit("schedule", "--tracking-uri", store_uri, "--fit-runs", *fit_runs, "--bootstrap", 200)
+    text = shown(at)
+    for name, value in expected["params"].items():
+        assert f"**{name}** = {fmt(value)}" in text
