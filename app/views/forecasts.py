@@ -75,7 +75,7 @@ for f, found, rows in details:
         ui.table(rows)
         for s in f.get("sensitivity") or []:
             st.markdown(f"Sensitivity: the forecast refitted leaving one **{s['left_out']}** out")
-            ui.table(pl.DataFrame(s["summary"]))
+            ui.table(pl.DataFrame(s["summary"], strict=False, infer_schema_length=None))
         if found and any(w is False for w in found["within_ci95"].values()):
             st.warning("The realised value lies outside the forecast's 95% interval: the law, or its interval, "
                        "did not hold at this target")

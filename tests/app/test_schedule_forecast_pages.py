@@ -182,3 +182,6 @@ def test_schedules_page_fits_runs_of_one_size_from_the_store_as_lab_fit_schedule
     text = shown(at)
     for name, value in expected["params"].items():
         assert f"**{name}** = {fmt(value)}" in text
+
+    at.multiselect(key="sched_runs").unselect(fit_runs[0]).run()  # a run no longer read is no longer fitted
+    assert fit_runs[0] not in checked(at).multiselect(key="sched_fit").value
