@@ -34,6 +34,16 @@ st.caption("Runs of **one model at one batch size** under different LR schedules
            "sequence as its only input (`lab-fit schedule`). Fit it on a few, read how well it predicts the others.")
 
 
+def distinct_schedules(run_ids: list[str], schedules: dict[str, str]) -> list[str]:
+    """The default runs to fit: one of each schedule first (in order), then the next runs, FIT_DEFAULT in all."""
+    by_schedule: dict[str | None, str] = {}
+    for r in run_ids:
+        by_schedule.setdefault(schedules.get(r), r)
+    first = list(by_schedule.values())
+    return sorted(first[:FIT_DEFAULT] + [r for r in run_ids if r not in first][:max(0, FIT_DEFAULT - len(first))],
+                  key=run_ids.index)
+
+
 def _label(run_id: str, names: dict[str, str], schedules: dict[str, str]) -> str:
     return f"{names.get(run_id, run_id)} ({schedules.get(run_id) or '?'}, {run_id[:6]})"
 
@@ -57,7 +67,7 @@ try:
         ids = of_size["run_id"].to_list()
         shown = st.multiselect("Runs (their lr and loss curves are read)", ids, default=ids[:12], key="sched_runs",
                                format_func=lambda r: _label(r, names, schedules), max_selections=24)
-        fit_ids = st.multiselect("Fit the law on", shown, default=shown[:FIT_DEFAULT], key="sched_fit",
+        fit_ids = st.multiselect("Fit the law on", shown, default=distinct_schedules(shown, schedules), key="sched_fit",
                                  format_func=lambda r: _label(r, names, schedules))
         metric = st.radio("Loss curve", METRICS, index=METRICS.index(Metric.VAL_LOSS),
                           horizontal=True, key="sched_metric")
@@ -65,6 +75,10 @@ try:
             st.info("Pick the runs to fit the law on (three schedules: e.g. cosine, constant, a two-stage drop).")
             st.stop()
         picked = of_size.filter(pl.col("run_id").is_in(shown))
+        if picked["B"].n_unique() > 1:
+            st.warning(f"These runs train at {picked['B'].n_unique()} batch sizes {sorted(picked['B'].unique())}: "
+                       "the law describes one model at one batch size (the LR sequence is its only input); pick "
+                       "runs of one batch size")
         if (mixed := mixed_data_warning(picked)) is not None:
             st.warning(mixed.removeprefix("warning: "))
         curves, names, notes = fits.schedule_store_curves(uri, picked, tuple(fit_ids), metric)
@@ -125,6 +139,12 @@ finals = pl.DataFrame({"schedule": list(choice.predicted_final), "predicted fina
 m = st.columns(len(choice.predicted_final))
 for col, (name, value) in zip(m, choice.predicted_final.items()):
     col.metric(f"{name}: predicted final loss", ui.fmt(value))
+lowest = float(predictions["loss"].min())
+odd = {k: v for k, v in choice.predicted_final.items() if not (v == v and v > 0.5 * lowest)}
+if odd:
+    st.warning(f"Predicted final losses {', '.join(f'{k} {ui.fmt(v)}' for k, v in odd.items())} lie far below the "
+               f"lowest loss measured ({ui.fmt(lowest)}) or are undefined: the law is extrapolating beyond what its "
+               "runs support (see the parameters at a bound); fit on more, longer runs before trusting the choice")
 fig_choice = plots.schedule_choice(choice.lr(), comparisons(steps, peak, warmup), choice.predicted_final)
 ui.chart(fig_choice, key="sched_choice")
 knots = pl.DataFrame({"fraction": choice.fractions, "lr_multiplier": choice.multipliers})
