@@ -153,5 +153,6 @@ if fit is not None:
     except ValueError as err:
         st.warning(f"No recipe: {err}")
     else:
-        st.code(report.recipe_table(plan), language=None)
+        table_text, _, _ = report.recipe_table(plan).rpartition("\nlab-train ")  # the overrides: in the next box
+        st.code(table_text, language=None)
         st.code("lab-train " + " ".join(plan.to_overrides()), language="bash")
