@@ -9,24 +9,10 @@ import streamlit as st
 
 from analysis import plots, report
 from analysis.laws.hparams import PLATEAU_TOLERANCE, predict_hparams
-from analysis.recipe import recipe
+from analysis.points import DEFAULT_GRANULARITY, run_settings
+from analysis.recipe import DEFAULT_SEQ_LEN, recipe
 from analysis.validate import PointsError
 from app import fits, selection, ui
-
-DEFAULT_SEQ_LEN, DEFAULT_GRANULARITY = 256, 8  # lab-fit hparams --seq-len / --granularity defaults
-
-
-def recorded_setting(runs: pl.DataFrame | None, *columns: str) -> int | None:
-    """The one value the fitted runs record for the product of `columns` (seq_len; micro_batch x devices), or
-    None where they record none or disagree: the recipe's settings come from the runs, as issue 17 asks."""
-    if runs is None or runs.height == 0 or columns[0] not in runs.columns:
-        return None
-    value = pl.lit(1.0)
-    for c in columns:
-        value = value * (pl.col(c).cast(pl.Float64, strict=False).fill_null(1.0) if c != columns[0]
-                         else pl.col(c).cast(pl.Float64, strict=False))
-    found = runs.select(value.alias("v"))["v"].drop_nulls().unique().to_list()
-    return int(found[0]) if len(found) == 1 and found[0] >= 1 else None
 
 
 def edge_cells(points: pl.DataFrame, cells: pl.DataFrame) -> list[str]:
@@ -131,9 +117,7 @@ if fit is not None:
 
     st.markdown("**Recipe at the target** (as `lab-fit hparams --target-*` prints it)")
     fitted_runs = chosen_runs.points.runs if chosen_runs is not None else None
-    seq_recorded = recorded_setting(fitted_runs, "seq_len")
-    gran_recorded = recorded_setting(fitted_runs, "param.batch.micro_batch", "param.trainer.devices",
-                                     "param.trainer.num_nodes")
+    seq_recorded, gran_recorded = run_settings(fitted_runs) if fitted_runs is not None else (None, None)
     r1, r2, r3, r4 = st.columns(4)
     seq_len = int(r1.number_input("seq_len", 1, 1 << 20, seq_recorded or DEFAULT_SEQ_LEN, key="hp_recipe_seq_len",
                                   help="Default: the fitted runs' seq_len"))
