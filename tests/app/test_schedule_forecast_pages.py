@@ -115,6 +115,11 @@ def test_forecasts_page_shows_recorded_forecasts_against_the_run_that_landed(tmp
     assert (summary["landed run"] == "no run at the target yet").sum() == 1
     assert "Sensitivity: the forecast refitted leaving one **budget** out" in text  # the recorded sensitivity
 
+    at.button(key="fc_record").click().run()  # tags the forecast as --check does
+    tagged = {f["run_id"]: f["checked_run"] for f in load_forecasts(uri, [exp])}
+    assert tagged[at_target["run_id"]] == landed and list(tagged.values()).count(None) == 1
+    assert "tagged with a check" in checked(at).dataframe[0].value.columns
+
     # lab-fit forecast --check computes the same error (the same function) and tags the forecast with it
     checks = {c["forecast_run"]: c for c in lab_fit("forecast", "--tracking-uri", uri, "--check")["checks"]}
     assert checks[at_target["run_id"]]["landed_run"] == landed
