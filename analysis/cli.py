@@ -54,9 +54,9 @@ from analysis.laws.loss import compute_optimal, fit_loss
 from analysis.laws.loss_forms import FORMS, get_form
 from analysis.load import load_table
 from analysis.points import (BRANCH_OF, DEFAULT_GRANULARITY, REFERENCE_B, CbsSettings, cbs_settings,
-                             law_points)
+                             law_points, run_settings)
 from tracking.record import Tag
-from analysis.recipe import recipe
+from analysis.recipe import DEFAULT_SEQ_LEN, recipe
 from analysis.sensitivity import hparams_sensitivity, isoflop_sensitivity, loss_sensitivity
 
 
@@ -137,6 +137,14 @@ def _isoflop(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
             "sensitivity": [sens.to_dict()] if sens else None}
 
 
+def _recipe_settings(args: argparse.Namespace, df: pl.DataFrame) -> tuple[int, int]:
+    """--seq-len and --granularity, else what the fitted runs record (as the dashboard reads them), else defaults."""
+    recorded = (None, None)
+    if args.tracking_uri is not None and (args.seq_len is None or args.granularity is None):
+        recorded = run_settings(store_runs(args).filter(pl.col("run_id").is_in(df["run_id"].to_list())))
+    return (args.seq_len or recorded[0] or DEFAULT_SEQ_LEN, args.granularity or recorded[1] or DEFAULT_GRANULARITY)
+
+
 def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     if (args.target_N is None) != (args.target_D is None) or (args.target_C and args.target_N):
         raise CliError("give --target-N with --target-D (Step Law form, e.g. --target-N 1e8 --target-D 2e9), or "
@@ -156,8 +164,9 @@ def _hparams(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     args.figures = cli_log.hparams_figures(result)
     plan = None
     if prediction is not None:
-        plan = recipe(result, args.seq_len, N=args.target_N, D=args.target_D, C=args.target_C,
-                      granularity=args.granularity, batch_warmup=not args.no_batch_warmup)
+        seq_len, granularity = _recipe_settings(args, df)
+        plan = recipe(result, seq_len, N=args.target_N, D=args.target_D, C=args.target_C,
+                      granularity=granularity, batch_warmup=not args.no_batch_warmup)
         print("\n" + report.recipe_table(plan))
     sens = None
     if prediction is not None and not args.no_sensitivity:
@@ -269,8 +278,10 @@ def _parser() -> argparse.ArgumentParser:
     hp.add_argument("--tolerance", type=_positive, default=PLATEAU_TOLERANCE, help="plateau: relative excess loss")
     for name in ("N", "D", "C"):
         hp.add_argument(f"--target-{name}", type=_positive, metavar=name)
-    hp.add_argument("--seq-len", type=int, default=256, help="recipe: sequence length of the planned run")
-    hp.add_argument("--granularity", type=int, default=8, help="recipe: batch multiple (micro_batch x devices)")
+    hp.add_argument("--seq-len", type=int, help="recipe: sequence length of the planned run (default: the fitted "
+                    f"runs' seq_len, else {DEFAULT_SEQ_LEN})")
+    hp.add_argument("--granularity", type=int, help="recipe: batch multiple, micro_batch x devices (default: the "
+                    f"fitted runs', else {DEFAULT_GRANULARITY})")
     hp.add_argument("--no-batch-warmup", action="store_true", help="recipe: a constant batch, no linear ramp")
     hp.set_defaults(run=_hparams)
 

@@ -127,6 +127,24 @@ COLUMN = {"loss": "loss", "lr": "lr", "B": "B", "N": "N", "D": "D"}
 """The landed run's frame column that realises each forecast quantity."""
 
 
+def compare(forecast: dict[str, Any], runs: pl.DataFrame, rel_tol: float = REL_TOL) -> dict[str, Any] | None:
+    """A recorded forecast (tracking.forecasts.load_forecasts) against the latest FINISHED run of `runs` landed at
+    its target (N and D, or C, within rel_tol) in its experiment: landed_run, and per quantity realised, error =
+    realised / forecast - 1 and within_ci95 (None without an interval). None while no run has landed there."""
+    landed = _landed(runs.filter(pl.col("experiment_id") == forecast["experiment_id"]), forecast["target"], rel_tol)
+    if landed.height == 0:
+        return None
+    run = landed.sort("end_time").row(-1, named=True)  # the latest to finish
+    realised, errors, within = {}, {}, {}
+    for q, p in forecast["predictions"].items():
+        value = run.get(COLUMN.get(q, q))
+        if value is None or p["value"] is None:
+            continue
+        realised[q], errors[q] = float(value), float(value) / p["value"] - 1.0
+        within[q] = None if p["lo"] is None else bool(p["lo"] <= value <= p["hi"])
+    return {"landed_run": run["run_id"], "realised": realised, "error": errors, "within_ci95": within}
+
+
 def _check(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     runs = store_runs(args)
     experiments = sorted(set(runs["experiment_id"].to_list()))
@@ -137,26 +155,19 @@ def _check(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
                        f"{experiments}; record one with lab-fit forecast --law ... --target-...")
     rows, out = [], []
     for f in forecasts:
-        landed = _landed(runs.filter(pl.col("experiment_id") == f["experiment_id"]), f["target"], args.rel_tol)
-        if landed.height == 0:
+        found = compare(f, runs, args.rel_tol)
+        if found is None:
             rows.append([f["run_id"], f["law"], f["target_label"], "no run at the target yet", "", "", "", ""])
             out.append({"forecast_run": f["run_id"], "landed_run": None})
             continue
-        run = landed.sort("end_time").row(-1, named=True)  # the latest to finish
-        realised, errors, within = {}, {}, {}
-        for q, p in f["predictions"].items():
-            value = run.get(COLUMN.get(q, q))
-            if value is None or p["value"] is None:
-                continue
-            realised[q], errors[q] = float(value), float(value) / p["value"] - 1.0
-            within[q] = None if p["lo"] is None else bool(p["lo"] <= value <= p["hi"])
-            rows.append([f["run_id"], f["law"], f["target_label"], run["run_id"], q,
+        for q, value in found["realised"].items():
+            p, error, within = f["predictions"][q], found["error"][q], found["within_ci95"][q]
+            rows.append([f["run_id"], f["law"], f["target_label"], found["landed_run"], q,
                          report.interval(p["value"], p["lo"], p["hi"]), report.num(value),
-                         f"{100 * errors[q]:+.3g}%" + ("" if within[q] is None else " (in CI)" if within[q]
-                                                       else " (outside CI)")])
-        record_check(args.tracking_uri, f["run_id"], run["run_id"], realised, errors)
-        out.append({"forecast_run": f["run_id"], "landed_run": run["run_id"], "realised": realised,
-                    "error": errors, "within_ci95": within})
+                         f"{100 * error:+.3g}%" + ("" if within is None else " (in CI)" if within
+                                                   else " (outside CI)")])
+        record_check(args.tracking_uri, f["run_id"], found["landed_run"], found["realised"], found["error"])
+        out.append({"forecast_run": f["run_id"], **found})
     print(report.table(["forecast run", "law", "target", "landed run", "quantity", "forecast [95% CI]", "realised",
                         "error"], rows, "forecasts against realised runs (error = realised / forecast - 1)"))
     return {"checks": out}

@@ -84,12 +84,31 @@ def run(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
         curves = curves_from_frame(load_table(args.input, required=SCHEMA))
         names = {r: r for r in curves}
     else:
-        curves, names = _store_curves(args, say)
-    curves = {r: _skip_start(c, args.skip_fraction) for r, c in curves.items()}
-    fitted = select_runs(curves, [_resolve(r, names) for r in args.fit_runs])
-    say(f"fitting the {args.form} law to {sum(c.steps.size for c in fitted)} points of {len(fitted)} runs by "
-        f"multi-start L-BFGS-B, then {args.bootstrap} bootstrap resamples of runs")
-    fit = fit_schedule(fitted, args.form, bootstrap=args.bootstrap, delta=args.delta, seed=args.seed)
+        say(f"loading runs from {args.tracking_uri}")
+        curves, names = store_curves(args.tracking_uri, store_runs(args), args.fit_runs, args.metric, args.smooth,
+                                     args.points, say)
+    say(f"fitting the {args.form} law to {len(args.fit_runs)} runs by multi-start L-BFGS-B, then {args.bootstrap} "
+        "bootstrap resamples of runs")
+    fit, rows, predictions, fitted = fit_curves(curves, args.fit_runs, names, args.form, args.bootstrap, args.delta,
+                                                args.seed, args.skip_fraction)
+    print(_report(fit, rows), flush=True)
+    if args.predict_out is not None:
+        predictions.write_csv(args.predict_out)
+        say(f"wrote {args.predict_out}")
+    choice = _choose(args, fit, fitted[0], say) if args.choose_steps else None
+    return {**fit.to_dict(), "formula": FORMULAS[fit.form], "metric": None if args.input else args.metric,
+            "runs": rows, "choice": choice.to_dict() if choice else None}
+
+
+def fit_curves(curves: dict[str, Curve], fit_runs: list[str], names: dict[str, str], form: str, bootstrap: int,
+               delta: float, seed: int, skip_fraction: float = SKIP_FRACTION
+               ) -> tuple[ScheduleFit, list[dict[str, Any]], pl.DataFrame, list[Curve]]:
+    """Fit `form` to the `fit_runs` (ids or names) among `curves`, each run's first skip_fraction left out, and
+    predict every run: (fit, one row per run with its mean and worst relative error, the --predict-out frame
+    run_id, step, loss, predicted, fitted, the fitted curves). What lab-fit schedule and the dashboard both run."""
+    curves = {r: _skip_start(c, skip_fraction) for r, c in curves.items()}
+    fitted = select_runs(curves, [_resolve(r, names) for r in fit_runs])
+    fit = fit_schedule(fitted, form, bootstrap=bootstrap, delta=delta, seed=seed)
     rows, predictions = [], []
     for run_id, curve in curves.items():
         predicted = predict_curve(fit, curve.lr, curve.steps)
@@ -100,19 +119,19 @@ def run(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
                      "predicted_final": float(predicted[-1]), "mean_rel_error": mean, "max_rel_error": worst})
         predictions.append(pl.DataFrame({"run_id": run_id, "step": curve.steps, "loss": curve.loss,
                                          "predicted": predicted, "fitted": is_fit}))
-    print(_report(fit, rows), flush=True)
-    if args.predict_out is not None:
-        pl.concat(predictions).write_csv(args.predict_out)
-        say(f"wrote {args.predict_out}")
-    choice = _choose(args, fit, fitted[0], say) if args.choose_steps else None
-    return {**fit.to_dict(), "formula": FORMULAS[fit.form], "metric": None if args.input else args.metric,
-            "runs": rows, "choice": choice.to_dict() if choice else None}
+    return fit, rows, pl.concat(predictions), fitted
+
+
+def choice_settings(fit: ScheduleFit, first: Curve, peak_lr: float | None = None, warmup: int | None = None
+                    ) -> tuple[float, int]:
+    """(peak lr, warmup steps) of a schedule choice: as given, else the fitted runs' peak and the first fitted
+    run's warmup (lab: step k of a warmup of W steps has lr (k+1)/W·peak)."""
+    at_peak = int(np.argmax(first.lr >= first.lr.max()))
+    return peak_lr or fit.lr_ref, warmup if warmup is not None else (at_peak + 1 if at_peak else 0)
 
 
 def _choose(args: argparse.Namespace, fit: ScheduleFit, first: Curve, say: Progress) -> ScheduleChoice:
-    peak = args.peak_lr or fit.lr_ref
-    at_peak = int(np.argmax(first.lr >= first.lr.max()))  # lab: step k of a warmup of W steps has lr (k+1)/W·peak
-    warmup = args.warmup if args.warmup is not None else (at_peak + 1 if at_peak else 0)
+    peak, warmup = choice_settings(fit, first, args.peak_lr, args.warmup)
     say(f"choosing the schedule of {args.choose_steps} steps (peak lr {peak:g}, warmup {warmup} steps) that "
         "minimises the predicted final loss")
     try:
@@ -159,11 +178,14 @@ def _resolve(run: str, names: dict[str, str]) -> str:
     return ids[0] if ids else run  # an unknown id is reported by select_runs with the runs available
 
 
-def _store_curves(args: argparse.Namespace, say: Progress) -> tuple[dict[str, Curve], dict[str, str]]:
-    say(f"loading runs from {args.tracking_uri}")
-    runs = store_runs(args)
+def store_curves(uri: str, runs: pl.DataFrame, fit_runs: list[str], metric: str = Metric.VAL_LOSS,
+                 smooth: int = 25, points: int = 200, say: Progress | None = None
+                 ) -> tuple[dict[str, Curve], dict[str, str]]:
+    """The lr and loss curves (module docstring) of the FINISHED `runs` of the fitted runs' size and one batch size
+    throughout, and run_id -> run_name; refuses fitted runs of several sizes or with a batch-size schedule."""
+    say = say or (lambda message, warn=False: None)
     names = dict(zip(runs["run_id"].to_list(), runs["run_name"].to_list()))
-    wanted = {_resolve(r, names) for r in args.fit_runs}
+    wanted = {_resolve(r, names) for r in fit_runs}
     unknown = sorted(wanted - set(names))
     if unknown:
         raise CliError(f"unknown run ids {unknown}: not FINISHED runs of the selection; it has "
@@ -186,23 +208,23 @@ def _store_curves(args: argparse.Namespace, say: Progress) -> tuple[dict[str, Cu
     skipped = runs.join(keep, on="run_id", how="anti")["run_name"].to_list()
     if skipped:
         say(f"warning: skipping {len(skipped)} runs of another size or with a batch-size schedule: {skipped[:5]}", True)
-    rows = load_curves(args.tracking_uri, run_ids=keep["run_id"].to_list(), metrics=[Metric.LR, args.metric])
-    say(f"{args.metric} and lr of {keep.height} runs")
-    return curves_from_frame(pl.concat([_run_table(rows.filter(pl.col("run_id") == r), args)
+    rows = load_curves(uri, run_ids=keep["run_id"].to_list(), metrics=[Metric.LR, metric])
+    say(f"{metric} and lr of {keep.height} runs")
+    return curves_from_frame(pl.concat([_run_table(rows.filter(pl.col("run_id") == r), metric, smooth, points)
                                         for r in keep["run_id"].to_list()])), names
 
 
-def _run_table(rows: pl.DataFrame, args: argparse.Namespace) -> pl.DataFrame:
+def _run_table(rows: pl.DataFrame, metric: str, smooth: int, points: int) -> pl.DataFrame:
     """One run's tidy table (analysis.laws.schedule schema) from its recorded lr and loss rows."""
     run_id = rows["run_id"][0] if rows.height else ""
     lr = rows.filter(pl.col("metric") == Metric.LR).sort("step").unique("step", keep="last", maintain_order=True)
     table = lr.select(pl.lit(run_id).alias("run_id"), (pl.col("step") - 1).alias("step"), pl.col("value").alias("lr"))
-    loss = rows.filter(pl.col("metric") == args.metric).sort("step").unique("step", keep="last", maintain_order=True)
+    loss = rows.filter(pl.col("metric") == metric).sort("step").unique("step", keep="last", maintain_order=True)
     step = loss["step"].to_numpy() - 1
     value = loss["value"].to_numpy()
-    if args.metric == Metric.TRAIN_LOSS and value.size:
-        step, value = _smoothed(step - 1, value, table, max(1, args.smooth))
-    keep = _thin(step.size, args.points)
+    if metric == Metric.TRAIN_LOSS and value.size:
+        step, value = _smoothed(step - 1, value, table, max(1, smooth))
+    keep = _thin(step.size, points)
     measured = pl.DataFrame({"step": step[keep].astype(np.int64), "loss": value[keep]})
     return table.join(measured, on="step", how="left").select("run_id", "step", "lr", "loss")
 

@@ -444,3 +444,35 @@ def cbs(local: pl.DataFrame, fit: CbsFit | None = None, plan: BatchWarmupPlan | 
     fig.update_xaxes(type="log", title=LABELS["tokens"])
     fig.update_yaxes(type="log", title="critical batch size " + LABELS["B"])
     return fig
+
+
+def schedule_curves(predictions: pl.DataFrame, names: dict[str, str] | None = None) -> go.Figure:
+    """Schedule law (analysis.laws.schedule): each run's measured loss (markers) and the law's prediction (lines,
+    dashed for the runs it was fitted on); `predictions` has run_id, step, loss, predicted, fitted."""
+    fig = _figure("Observed vs predicted loss curves", xaxis_title=LABELS["step"], yaxis_title=LABELS["loss"])
+    runs = predictions["run_id"].unique(maintain_order=True).to_list()
+    colors = sample_colorscale(SCALE, list(np.linspace(0.0, 0.9, max(len(runs), 1))))
+    for run_id, color in zip(runs, colors):
+        g = predictions.filter(pl.col("run_id") == run_id).sort("step")
+        label = (names or {}).get(run_id, run_id)
+        fitted = bool(g["fitted"][0])
+        fig.add_trace(go.Scatter(x=_col(g, "step"), y=_col(g, "loss"), mode="markers", marker={"color": color, "size": 4},
+                                 name=f"{label} observed", legendgroup=run_id))
+        fig.add_trace(go.Scatter(x=_col(g, "step"), y=_col(g, "predicted"), mode="lines", legendgroup=run_id,
+                                 line={"color": color, "dash": "dash" if fitted else "solid"},
+                                 name=f"{label} {'fitted' if fitted else 'predicted (held out)'}"))
+    return fig
+
+
+def schedule_choice(chosen: np.ndarray, compare: dict[str, np.ndarray], predicted_final: dict[str, float]
+                    ) -> go.Figure:
+    """The chosen lr schedule beside cosine and WSD of the same length (lr per step), each named with the
+    schedule law's predicted final loss (analysis.laws.schedule_choose)."""
+    fig = _figure("Chosen schedule vs cosine and WSD", xaxis_title=LABELS["step"], yaxis_title="lr")
+    for name, lr in {"chosen": chosen, **compare}.items():
+        x = np.arange(np.asarray(lr).size)
+        keep = np.unique(np.linspace(0, x.size - 1, min(x.size, MAX_CURVE_POINTS)).astype(int))
+        fig.add_trace(go.Scatter(x=x[keep], y=np.asarray(lr)[keep], mode="lines",
+                                 name=f"{name}: predicted final L = {predicted_final.get(name, float('nan')):.4g}",
+                                 line={"width": 3 if name == "chosen" else 1.5}))
+    return fig

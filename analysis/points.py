@@ -270,24 +270,32 @@ class CbsSettings:
     granularity: int | None
 
 
+def _one(source: pl.DataFrame, column: str) -> float | None:
+    """The one value `source` records in `column`, or None where it records none or several."""
+    if column not in source.columns or source.height == 0:
+        return None
+    found = source[column].cast(pl.Float64, strict=False).drop_nulls().unique().to_list()
+    return found[0] if len(found) == 1 else None
+
+
+def run_settings(runs: pl.DataFrame) -> tuple[int | None, int | None]:
+    """(seq_len, granularity = micro_batch x devices x nodes) that all of `runs` record, None where they record none
+    or disagree: what a plan for the next run (a batch warmup, a recipe) takes from the runs it rests on."""
+    seq_len = _one(runs, "seq_len")
+    micro = _one(runs, "param.batch.micro_batch")
+    world = (_one(runs, "param.trainer.devices") or 1.0) * (_one(runs, "param.trainer.num_nodes") or 1.0)
+    return (int(seq_len) if seq_len else None), (int(micro * world) if micro else None)
+
+
 def cbs_settings(runs: pl.DataFrame, branches: Points) -> CbsSettings:
     """Settings of the warmup plan from the branches' reference run (found among `runs`) and the branches."""
     frame = branches.frame
     refs = [r for r in frame["reference"].unique().to_list() if r is not None] if frame.height else []
     ref = runs.filter(pl.col("run_id").is_in(refs)) if refs else runs.clear()
     source = ref if ref.height else branches.runs
-
-    def one(column: str) -> float | None:
-        if column not in source.columns or source.height == 0:
-            return None
-        found = source[column].cast(pl.Float64, strict=False).drop_nulls().unique().to_list()
-        return found[0] if len(found) == 1 else None
-
-    seq_len = one("seq_len")
-    micro = one("param.batch.micro_batch")
-    world = (one("param.trainer.devices") or 1.0) * (one("param.trainer.num_nodes") or 1.0)
+    seq_len, granularity = run_settings(source)
     return CbsSettings(
-        seq_len=int(seq_len) if seq_len else None,
-        total_tokens=one("D") if ref.height else None,
+        seq_len=seq_len,
+        total_tokens=_one(source, "D") if ref.height else None,
         reference_B=recorded_reference_B(frame["B_ref"]) if frame.height else None,
-        granularity=int(micro * world) if micro else None)
+        granularity=granularity)

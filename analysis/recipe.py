@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from analysis.laws.hparams import HparamsResult, predict_hparams
 from tracking.record import Param
 
+DEFAULT_SEQ_LEN = 256
+"""seq_len of a recipe when the fitted runs record none (the granularity's: analysis.points.DEFAULT_GRANULARITY)."""
 WARMUP_FRACTION = 0.05
 """LR warmup as a fraction of the run's tokens (conf/optim's default warmup_fraction)."""
 RAMP_START_DIVISOR = 8

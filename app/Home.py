@@ -1,7 +1,8 @@
 """Scaling-law workbench dashboard: the entry point (`lab-dashboard`, or `streamlit run app/Home.py`).
 
 Declares the pages with `st.navigation` (the pages live in app/views/; Streamlit's legacy `pages/` folder is not
-used): Home, Runs, Loss laws, Hyperparameters, Critical batch size, Export. Everything is read through
+used): Home, Runs, Loss laws, Hyperparameters, Critical batch size, Schedules,
+Forecasts, Export. Everything is read through
 `analysis` (app/data.py) and drawn by `analysis.plots`.
 """
 

@@ -59,6 +59,7 @@ def table(path: str, required: tuple[str, ...]) -> pl.DataFrame:
 def clear_store_caches() -> None:
     runs.clear()
     curves.clear()
+    forecasts.clear()
 
 
 # --- points for the laws: analysis.points, the stage lab-fit uses too -----------------------------------------
@@ -95,3 +96,12 @@ def branch_points(runs_frame: pl.DataFrame) -> pl.DataFrame:
     """CBS branch runs (analysis.points): checkpoint_tokens (of the reference checkpoint they branch from), B
     (tokens), final loss, B_ref (the reference run's batch, tokens) and the reference run's id."""
     return law_points(runs_frame, "cbs").frame
+
+
+@st.cache_data(ttl=STORE_TTL_S, show_spinner="Loading forecasts…")
+def forecasts(uri: str, experiment_ids: tuple[str, ...]) -> list[dict]:
+    """The forecasts recorded in these experiments (`tracking.forecasts.load_forecasts`, as lab-fit forecast
+    --check reads them): payload, run_id, experiment_id, checked_run."""
+    from tracking.forecasts import load_forecasts  # imports mlflow (~3 s): only on the Forecasts page
+
+    return load_forecasts(uri, list(experiment_ids)) if experiment_ids else []

@@ -61,3 +61,34 @@ def cbs_fit(branches: pl.DataFrame, tolerance: float, bootstrap: int) -> tuple[p
         return local, fit_cbs_curve(local, bootstrap=bootstrap), ""
     except PointsError as err:
         return local, None, str(err)
+
+
+@st.cache_data(show_spinner="Reading the runs' lr and loss curves…", max_entries=16)
+def schedule_store_curves(uri: str, runs: pl.DataFrame, fit_runs: tuple[str, ...], metric: str
+                          ) -> tuple[dict, dict[str, str], list[str]]:
+    """`analysis.cli_schedule.store_curves` (what lab-fit schedule --tracking-uri reads, its default smoothing and
+    thinning): (curves, run names, what it said about skipped runs)."""
+    from analysis.cli_schedule import store_curves
+
+    notes: list[str] = []
+    curves, names = store_curves(uri, runs, list(fit_runs), metric, say=lambda message, warn=False: notes.append(
+        message) if warn else None)
+    return curves, names, notes
+
+
+@st.cache_data(show_spinner="Fitting the schedule law…", max_entries=16)
+def schedule_fit(curves: dict, fit_runs: tuple[str, ...], names: dict[str, str], form: str, bootstrap: int):
+    """`analysis.cli_schedule.fit_curves` with lab-fit schedule's defaults (delta, seed, skip fraction): (fit, one
+    row per run with its errors, the observed/predicted frame, the fitted curves)."""
+    from analysis.cli_schedule import fit_curves
+
+    return fit_curves(curves, list(fit_runs), names, form, bootstrap, delta=1e-3, seed=0)
+
+
+@st.cache_data(show_spinner="Choosing the schedule…", max_entries=16)
+def schedule_choice(_fit, fit_key: str, steps: int, peak_lr: float, warmup: int):
+    """`analysis.laws.schedule_choose.choose_schedule` (lab-fit schedule --choose-steps); fit_key identifies the
+    fit (the fit itself is not hashed)."""
+    from analysis.laws.schedule_choose import choose_schedule
+
+    return choose_schedule(_fit, steps, peak_lr, warmup)

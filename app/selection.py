@@ -14,6 +14,7 @@ import polars as pl
 import streamlit as st
 
 from analysis import points
+from analysis.lineage import mixed_data_warning
 from analysis.points import DESIGN, SWEEP, Points
 from app import data, pages
 
@@ -60,7 +61,7 @@ def pick(runs: pl.DataFrame, law: str, key: str) -> Selection:
 
 def show_feed(selection: Selection) -> None:
     """Which runs feed the fit (count, sweep, a link to them on the Runs page), what was left out and why, and a
-    warning where the points mix designs, sweeps or reference runs."""
+    warning where the points mix designs, sweeps, reference runs, data or tokenizers (analysis.lineage)."""
     found = selection.points
     n = found.frame["run_id"].n_unique() if found.frame.height else 0
     where = f"sweep `{selection.sweep}`" if selection.sweep else f"{len(found.sweeps)} sweeps {found.sweeps[:4]}"
@@ -72,3 +73,6 @@ def show_feed(selection: Selection) -> None:
         st.caption(note)
     for warning in found.mixed:
         st.warning(warning)
+    mixed_data = mixed_data_warning(found.runs)  # issue 18's lineage: one law, one corpus and tokenizer
+    if mixed_data is not None:
+        st.warning(mixed_data.removeprefix("warning: "))

@@ -88,11 +88,18 @@ def choose_schedule(fit: ScheduleFit, steps: int, peak_lr: float, warmup: int, m
     best = min((minimize(final_loss, z0, method="L-BFGS-B", options={"maxiter": 200}) for z0 in starts),
                key=lambda r: r.fun)
     chosen = tuple(float(v) for v in table(best.x))
-    compare = {"cosine": lr_sequence("cosine", steps, peak_lr, warmup, final_ratio=cosine_final),
-               "wsd": lr_sequence("wsd", steps, peak_lr, warmup, final_ratio=min_ratio, decay_fraction=wsd_decay)}
+    compare = comparisons(steps, peak_lr, warmup, min_ratio, cosine_final, wsd_decay)
     predicted = {"chosen": float(best.fun),
                  **{k: float(predict_curve(fit, lr, last)[0]) for k, lr in compare.items()}}
     return ScheduleChoice(steps, peak_lr, warmup, tuple(float(f) for f in fractions), chosen, predicted)
+
+
+def comparisons(steps: int, peak_lr: float, warmup: int, min_ratio: float = 0.0, cosine_final: float = 0.1,
+                wsd_decay: float = 0.2) -> dict[str, np.ndarray]:
+    """The lr of every step of the schedules a choice is compared with (choose_schedule's defaults): cosine to
+    cosine_final·peak and WSD decaying linearly over the last wsd_decay of the run to min_ratio·peak."""
+    return {"cosine": lr_sequence("cosine", steps, peak_lr, warmup, final_ratio=cosine_final),
+            "wsd": lr_sequence("wsd", steps, peak_lr, warmup, final_ratio=min_ratio, decay_fraction=wsd_decay)}
 
 
 def write_lr_table(choice: ScheduleChoice, path: str | Path) -> Path:

@@ -1,16 +1,18 @@
 """Hyperparameters: the lr × B landscape of each (N, D) cell with its optimum and plateau, the laws lr*(N, D)
-and B*(D) (Step Law form) and lr*(C), B*(C) (DeepSeek form) with bands, and a calculator for a target run."""
+and B*(D) (Step Law form) and lr*(C), B*(C) (DeepSeek form) with bands, and a calculator for a target run: lr*, B*
+and the full recipe (analysis.recipe: batch, steps, warmup, batch warmup as lab-train overrides, with intervals)."""
 
 from __future__ import annotations
 
 import polars as pl
 import streamlit as st
 
-from analysis import plots
+from analysis import plots, report
 from analysis.laws.hparams import PLATEAU_TOLERANCE, predict_hparams
+from analysis.points import DEFAULT_GRANULARITY, run_settings
+from analysis.recipe import DEFAULT_SEQ_LEN, recipe
 from analysis.validate import PointsError
 from app import fits, selection, ui
-
 
 
 def edge_cells(points: pl.DataFrame, cells: pl.DataFrame) -> list[str]:
@@ -33,6 +35,7 @@ ui.begin_exports("hyperparameters")  # what an earlier run of this page register
 
 source = ui.source_picker("hp", ("N", "D", "lr", "B", "loss"), "landscape.csv")
 chosen = selection.pick(runs, "hparams", "hp") if source == "store" else None
+chosen_runs = chosen
 points = chosen.points.frame if chosen else ui.read_table(source, ("N", "D", "lr", "B", "loss"))
 c1, c2, c3 = st.columns(3)
 tolerance = c1.number_input("Plateau: within this fraction of the best loss", 0.0001, 0.5, PLATEAU_TOLERANCE,
@@ -111,3 +114,29 @@ if fit is not None:
     m1.caption(f"lr* = {ui.interval(pred.lr, pred.lr_ci95)}")
     m2.metric(f"B* ({pred.form} form, tokens)", ui.fmt(pred.B))
     m2.caption(f"B* = {ui.interval(pred.B, pred.B_ci95)} tokens")
+
+    st.markdown("**Recipe at the target** (as `lab-fit hparams --target-*` prints it)")
+    fitted_runs = chosen_runs.points.runs if chosen_runs is not None else None
+    seq_recorded, gran_recorded = run_settings(fitted_runs) if fitted_runs is not None else (None, None)
+    r1, r2, r3, r4 = st.columns(4)
+    seq_len = int(r1.number_input("seq_len", 1, 1 << 20, seq_recorded or DEFAULT_SEQ_LEN, key="hp_recipe_seq_len",
+                                  help="Default: the fitted runs' seq_len"))
+    granularity = int(r2.number_input("Granularity (micro_batch · devices)", 1, 1 << 16,
+                                      gran_recorded or DEFAULT_GRANULARITY, key="hp_recipe_gran",
+                                      help="Default: the fitted runs' micro_batch · devices · nodes"))
+    ratio = float(r3.number_input("Tokens per parameter (target C only)", 0.1, 1e5, 20.0, key="hp_recipe_ratio",
+                                  disabled=by == "N and D"))
+    batch_warmup = r4.checkbox("Batch warmup (linear ramp)", True, key="hp_recipe_ramp")
+    if seq_recorded is None or gran_recorded is None:
+        st.caption("seq_len / granularity are lab-fit's defaults here (the fitted runs record none, or several): "
+                   "set them to the planned run's")
+    target = {"N": N, "D": D} if by == "N and D" else {"C": C}
+    try:
+        plan = recipe(fit, seq_len, granularity=granularity, tokens_per_param=ratio, batch_warmup=batch_warmup,
+                      **target)
+    except ValueError as err:
+        st.warning(f"No recipe: {err}")
+    else:
+        table_text, _, _ = report.recipe_table(plan).rpartition("\nlab-train ")  # the overrides: in the next box
+        st.code(table_text, language=None)
+        st.code("lab-train " + " ".join(plan.to_overrides()), language="bash")

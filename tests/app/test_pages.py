@@ -211,6 +211,15 @@ def test_hyperparameter_page_fits_the_lr_batch_sweep_as_lab_fit_does_and_answers
     metrics = {m.label: m.value for m in checked(at).metric}
     assert metrics["lr* (step form)"] == fmt(pred.lr) and metrics["B* (step form, tokens)"] == fmt(pred.B)
     assert "extrapolation over" in shown(at)  # N = 1e6 is 10x beyond the largest N fitted
+    # the full recipe at the target, with the runs' seq_len and micro_batch, as lab-fit hparams --target-* prints it
+    # (both read those settings from the fitted runs)
+    recorded = load_runs(store_uri).filter(pl.col("sweep") == "lr_batch")
+    seq_len, gran = at.number_input(key="hp_recipe_seq_len").value, at.number_input(key="hp_recipe_gran").value
+    assert seq_len == recorded["seq_len"][0] != 256 and gran == int(recorded["param.batch.micro_batch"][0])
+    cli = lab_fit("hparams", "--tracking-uri", store_uri, "--sweep", "lr_batch", "--bootstrap", 200, "--target-N", 1e6,
+                  "--target-D", 1e8, "--no-sensitivity")
+    assert (cli["recipe"]["seq_len"], cli["recipe"]["sequences"] % gran) == (seq_len, 0)
+    assert "lab-train " + " ".join(cli["recipe"]["overrides"]) in [c.value for c in at.code]
 
     at.selectbox(key="hp_sweep").set_value("ladder").run()  # a size ladder is no lr x B landscape
     assert "left out 6 runs of design ['grid']" in "\n".join(c.value for c in checked(at).caption)
