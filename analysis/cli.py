@@ -215,6 +215,11 @@ def _cbs(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
         reference_B, granularity = args.reference_B or found.reference_B, args.granularity or found.granularity
         if args.reference_B is None and found.reference_B is not None:
             say(f"reference batch {found.reference_B:g} tokens (the branches' {REFERENCE_B})")
+        if args.granularity is None and found.granularity is not None:
+            say(f"granularity {found.granularity} sequences (the reference run's micro_batch x devices x nodes)")
+        if args.start_sequences is None and found.start_sequences is not None:
+            args.start_sequences = found.start_sequences
+            say(f"start sequences {found.start_sequences} (the reference run's batch)")
     say(f"local CBS from {df.height} branches (tolerance {args.tolerance:g}), then CBS(D) with "
         f"{args.bootstrap} bootstrap resamples")
     local = local_cbs(df, tolerance=args.tolerance, reference_B=reference_B, interpolate=args.interpolate)

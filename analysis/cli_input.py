@@ -15,7 +15,7 @@ from analysis.laws.curve_points import CurvePointsError, check_schedule_free, su
 from analysis.lineage import mixed_data_warning
 from analysis.load import load_curves, load_runs, load_table
 from analysis.points import Points, branch_runs, law_points, training_runs, validation_points
-from tracking.record import Metric, Param
+from tracking.record import Metric
 
 
 DEFAULT_GRANULARITY = 8
@@ -126,28 +126,3 @@ def _curve_frame(args: argparse.Namespace, runs: pl.DataFrame, mode: str, say: P
         f"{f' and >= {args.min_D:g} tokens' if args.min_D else ''}): {summarize(points)}; the bootstrap "
         "resamples runs")
     return points
-
-
-def reference_batch_settings(ref: pl.DataFrame) -> dict[str, int]:
-    """The batch settings of a CBS study's reference run, as lab-train recorded them: ``granularity`` (micro_batch x
-    devices x nodes: every batch is a multiple of it) and ``start_sequences`` (the reference's own batch, where a
-    warmup following the CBS starts). Keys whose params are absent are left out (points from another tool)."""
-    if ref.height == 0:
-        return {}
-    row = ref.row(0, named=True)
-
-    def param(key: str) -> int | None:
-        value = row.get(f"param.{key}")
-        try:
-            return int(float(value)) if value not in (None, "None", "null", "") else None
-        except (TypeError, ValueError):
-            return None
-
-    out: dict[str, int] = {}
-    micro = param("batch.micro_batch")
-    if micro:
-        out["granularity"] = micro * (param("trainer.devices") or 1) * (param("trainer.num_nodes") or 1)
-    start = param("batch.start_sequences") or (int(row[Param.B_SEQUENCES]) if row.get(Param.B_SEQUENCES) else None)
-    if start:
-        out["start_sequences"] = start
-    return out

@@ -268,6 +268,8 @@ class CbsSettings:
     total_tokens: float | None
     reference_B: float | None
     granularity: int | None
+    start_sequences: int | None = None
+    """The reference run's own (starting) batch in sequences: where a warmup that follows the CBS starts."""
 
 
 def _one(source: pl.DataFrame, column: str) -> float | None:
@@ -298,4 +300,11 @@ def cbs_settings(runs: pl.DataFrame, branches: Points) -> CbsSettings:
         seq_len=seq_len,
         total_tokens=_one(source, "D") if ref.height else None,
         reference_B=recorded_reference_B(frame["B_ref"]) if frame.height else None,
-        granularity=granularity)
+        granularity=granularity,
+        start_sequences=_start_sequences(ref))
+
+
+def _start_sequences(ref: pl.DataFrame) -> int | None:
+    """The batch (sequences) the reference run started with: batch.start_sequences of a ramp, else its batch."""
+    start = _one(ref, "param.batch.start_sequences") or _one(ref, Param.B_SEQUENCES)
+    return int(start) if start else None

@@ -33,7 +33,7 @@ from tracking.record import Checkpoint, Metric, Tag
 PG = "postgresql+psycopg://postgres@127.0.0.1:{port}/{db}"
 PG_PORT = int(os.environ.get("LAB_POSTGRES_PORT", "5432"))
 BIN = Path(sys.executable).parent
-PER_STEP_KEYS = (Metric.TRAIN_LOSS, "lr", "tokens", Metric.BATCH_TOKENS, "flops", Metric.GRAD_NORM)
+PER_STEP_KEYS = (Metric.TRAIN_LOSS, Metric.LR, Metric.TOKENS, Metric.BATCH_TOKENS, Metric.MODEL_FLOPS, Metric.GRAD_NORM)
 """Metrics lab logs at every optimizer step 1..S: each must appear exactly once per step."""
 COUNT_KEYS = ("launched", "recorded", "lost", "duplicated", "faults_injected", "faults_survived")
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracking.record import Param
+from tracking.store import retrying
 
 DATASET_CONTEXT = "training"
 
@@ -42,5 +43,9 @@ def record_data(client: Any, run_id: str, lineage: DataLineage) -> None:
                       source=json.dumps({"uri": lineage.source}),
                       profile=json.dumps({"tokenizer": lineage.tokenizer, "tokenizer_digest": lineage.tokenizer_digest,
                                           "vocab_size": lineage.vocab_size, "digest": lineage.digest}))
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)])])
+    inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)])]
+    # Workers starting together insert the same dataset row at once: the loser's unique-key error comes back as an
+    # internal (5xx) error, and its retry finds the row.
+    retrying(lambda: client.log_inputs(run_id, datasets=inputs), f"record the data input of run {run_id}",
+             "the tracking store")
     client.log_batch(run_id, params=[MlflowParam(k, str(v)) for k, v in lineage.params().items()])

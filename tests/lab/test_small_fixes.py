@@ -57,7 +57,7 @@ def test_stepwise_run_records_the_peak_lr_it_used_and_closes_an_abandoned_launch
                                    "optim.lr=3e-3", f"tracking.run_name={run_name}"))
     # an earlier launch of this run name, killed before its first checkpoint: RUNNING, run.json, no last.ckpt
     client = MlflowClient(cfg.tracking.uri)
-    from lab.tracking import ensure_store
+    from tracking.store import ensure_store
     ensure_store(cfg.tracking.uri)
     exp = client.create_experiment(cfg.tracking.experiment)
     stale = client.create_run(exp, run_name=run_name).info.run_id
