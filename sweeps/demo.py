@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Optional
 
 import polars as pl
 
@@ -90,6 +91,7 @@ SMOKE = Scale("demo-smoke", budgets=(3e7, 2e7), widths=(4, 6, 8), iso_k=3, iso_t
 """Only for the test of the demo (tests/sweeps/test_demo.py): every part runs in about a minute; its laws mean
 nothing."""
 LOG, REPORT = Path("outputs/demo.log"), Path("outputs/demo-report.txt")
+FORECAST = Path("outputs/demo-forecast.json")
 
 
 def common(jobs: int) -> list[str]:
@@ -187,15 +189,27 @@ def value_of(x: Any) -> Any:
     return None if isinstance(x, Exception) else x
 
 
-def record_forecast(s: Scale, bootstrap: int) -> None:
+def record_forecast(s: Scale, bootstrap: int) -> Optional[str]:
     """The loss forecast at 10x the largest budget, recorded as a run (`lab-fit forecast --check` holds it to
-    account once a run lands there), with its leave-one-budget-out sensitivity."""
+    account once a run lands there), with its leave-one-budget-out sensitivity; one line for the closing page."""
     from analysis.cli import main as lab_fit
 
     print("\n== The forecast at 10x the largest budget, recorded (lab-fit forecast --check holds it to account) ==",
           flush=True)
+    C, out = 10 * max(s.budgets), FORECAST
+    out.unlink(missing_ok=True)
     lab_fit(["forecast", "--tracking-uri", TRACKING_URI, "--experiment", EXPERIMENT, "--sweep", f"{s.prefix}-isoflop",
-             "--law", "loss", "--target-C", f"{10 * max(s.budgets):g}", "--bootstrap", str(bootstrap), "-q"])
+             "--law", "loss", "--target-C", f"{C:g}", "--bootstrap", str(bootstrap), "-q", "--out", str(out)])
+    if not out.exists():
+        return None
+    recorded = json.loads(out.read_text())
+    loss = recorded["predictions"]["loss"]["value"]
+    moves = [row for sens in recorded.get("sensitivity") or [] for row in sens.get("summary", [])
+             if str(row.get("quantity", "")).startswith("loss") and row.get("std_rel") is not None]
+    moved = (f"; leaving one budget out moves it by {moves[0]['std_rel']:.2%} (std), {moves[0]['worst_rel']:+.2%} "
+             "at worst" if moves else "")
+    return (f"Forecast recorded in the store: loss {loss:.3f} at C = {C:.0e} (10x the largest budget){moved};\n"
+            "  `lab-fit forecast --check` compares it with a run there once one lands.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
                            tbl_hide_column_data_types=True):
                 print(runs.select("run_name", "N", "D", "C", pl.col("loss").alias(Metric.VAL_LOSS)).sort("C", "N"))
             iso, law, target = fit_and_report(runs, args.bootstrap, 10 * max(s.budgets))
-            record_forecast(s, args.bootstrap)
+            forecast_line = record_forecast(s, args.bootstrap)
         else:
             iso = law = ValueError("no IsoFLOP run finished")
-            target = None
+            target = forecast_line = None
     times["IsoFLOP"] = time.perf_counter() - t0
 
     L = s.landscape
@@ -258,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if CHINCHILLA_POINTS.exists():
         with into_report(console, REPORT, "Chinchilla's published points (tests/data/chinchilla_points.csv)"):
             reference, reference_law = chinchilla_reference(args.bootstrap)
-    notes = [n for n in (optima_inside(value_of(iso)),) if n]
+    notes = [n for n in (optima_inside(value_of(iso)), forecast_line) if n]
     notes += [DESIGN_NOTE if s is FAST else f"Scale {s.prefix}: budgets {s.budgets}, widths {s.widths}.",
               "",
               f"Done in {time.perf_counter() - t0:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}). "
