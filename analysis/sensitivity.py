@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from analysis.laws.hparams import fit_hparams, predict_hparams
-from analysis.laws.isoflop import BUDGET_REL_TOL, assign_budgets, fit_isoflop, predict_optimal
+from analysis.laws.isoflop import BUDGET_REL_TOL, assign_budgets, fit_isoflop, predict_optimal, relative_groups
 from analysis.laws.loss import compute_optimal, fit_loss, with_derived_columns
 from analysis.laws.loss_forms import get_form
 
@@ -77,13 +77,8 @@ def group_labels(values: np.ndarray, rel_tol: float = 0.0, max_groups: int = MAX
     groups are binned into max_groups of equal count. Labels: a group's geometric mean ("1.2e+18"), or a bin's
     range ("1.2e+18..3e+18")."""
     values = np.asarray(values, dtype=float)
-    order = np.argsort(values, kind="stable")
-    gid = np.empty(values.size, dtype=int)
-    anchor, current = values[order[0]], 0
-    for i in order:
-        if values[i] > anchor * (1.0 + rel_tol):
-            anchor, current = values[i], current + 1
-        gid[i] = current
+    gid = relative_groups(values, rel_tol)
+    current = int(gid.max())
     binned = current + 1 > max_groups
     if binned:  # equal-count bins over the sorted groups
         gid = np.floor(gid * max_groups / (current + 1)).astype(int)

@@ -87,15 +87,23 @@ def assign_budgets(df: pl.DataFrame, rel_tol: float = BUDGET_REL_TOL) -> pl.Data
         check_points(df, ["budget"])
         return df.with_columns(budget_C=pl.col("budget").cast(pl.Float64))
     c = df["C"].cast(pl.Float64).to_numpy()
-    order = np.argsort(c)
-    label = np.empty(c.size, dtype=int)
-    anchor, current = c[order[0]], 0
-    for i in order:
-        if c[i] > anchor * (1.0 + rel_tol):
-            anchor, current = c[i], current + 1
-        label[i] = current
-    geo = np.array([np.exp(np.log(c[label == k]).mean()) for k in range(current + 1)])
+    label = relative_groups(c, rel_tol)
+    geo = np.array([np.exp(np.log(c[label == k]).mean()) for k in range(label.max() + 1)])
     return df.with_columns(budget_C=pl.Series(geo[label]))
+
+
+def relative_groups(values: np.ndarray, rel_tol: float) -> np.ndarray:
+    """A group id per value (0, 1, ... in increasing order): sorted values within rel_tol of their group's first
+    share it. How IsoFLOP budgets are recognised among recorded C, and how sensitivity groups what it leaves out."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="stable")
+    gid = np.empty(values.size, dtype=int)
+    anchor, current = values[order[0]], 0
+    for i in order:
+        if values[i] > anchor * (1.0 + rel_tol):
+            anchor, current = values[i], current + 1
+        gid[i] = current
+    return gid
 
 
 def _vertex(x: np.ndarray, y: np.ndarray) -> tuple[float, float, bool]:
