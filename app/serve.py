@@ -24,10 +24,10 @@ RUNTIME_WAIT_S = 60.0
 
 def warm(uri: str) -> None:
     """Import what the pages import and read the store's runs into the cache the pages read from."""
-    from streamlit.runtime import Runtime
+    from streamlit import runtime
 
     deadline = time.monotonic() + RUNTIME_WAIT_S
-    while not Runtime.exists():  # the cache belongs to the server's runtime: fill it once that exists
+    while not runtime.exists():  # the cache belongs to the server's runtime: fill it once that exists
         if time.monotonic() > deadline:
             log.warning("the Streamlit runtime did not start within %.0f s; the first page view reads the store",
                         RUNTIME_WAIT_S)
