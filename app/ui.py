@@ -14,6 +14,7 @@ import polars as pl
 import streamlit as st
 
 from analysis.load import LoadError
+from analysis.points import training_runs
 from app import data, default_uri
 from tracking.record import Tag
 
@@ -103,8 +104,10 @@ def run_labels(runs: pl.DataFrame) -> dict[str, str]:
 
 
 def default_runs(runs: pl.DataFrame, k: int = 5) -> list[str]:
-    """The k most recent finished runs (curves are loaded only for the runs picked)."""
-    done = runs.filter(pl.col("status") == "FINISHED") if "status" in runs.columns else runs
+    """The k most recent finished training runs (curves are loaded only for the runs picked): no sweep parents, no
+    recorded forecasts, which train nothing."""
+    done = training_runs(runs)
+    done = done.filter(pl.col("status") == "FINISHED") if "status" in done.columns else done
     return done.sort("start_time", descending=True, nulls_last=True)["run_id"].head(k).to_list()
 
 
