@@ -60,7 +60,7 @@ def test_log_puts_the_law_json_and_figures_on_the_sweep_parent(store, tmp_path):
     page = Path(client.download_artifacts(parent, f"{law_dir}/loss.html", str(tmp_path))).read_text()
     assert "Loss against D: kaplan" in page and "plotly" in page  # self-contained: plotly.js inlined
     # the runs the law was fitted to are left alone
-    children = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.sweep = '{SWEEP}'")
+    children = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.{Tag.SWEEP} = '{SWEEP}'")
     assert len(children) == 6 and all("fits" not in artifacts(client, r.info.run_id) for r in children)
 
     # a second form goes beside the first; a refit of the same form replaces its files
@@ -70,7 +70,7 @@ def test_log_puts_the_law_json_and_figures_on_the_sweep_parent(store, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sweep", "no-such-sweep"], "no parent run of sweep 'no-such-sweep' (tag sweep_parent=no-such-sweep)"),
+    (["--sweep", "no-such-sweep"], f"no parent run of sweep 'no-such-sweep' (tag {Tag.SWEEP_PARENT}=no-such-sweep)"),
     ([], "give --tracking-uri and --sweep ID"),
     (["--sweep", SWEEP, "--experiment", "other"], "no parent run of sweep 'logfit'"),
 ])
