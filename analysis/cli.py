@@ -49,7 +49,7 @@ from analysis.laws.hparams import METHODS as HPARAM_METHODS, PLATEAU_TOLERANCE, 
 from analysis.laws.hparams_joint import JOINT_NEAR
 from analysis.laws.isoflop import BUDGET_REL_TOL, fit_isoflop, predict_optimal
 from analysis.laws.curve_points import MIN_FRACTION, MODES
-from analysis.laws.loglinear import jsonable
+from analysis.serialize import jsonable
 from analysis.laws.loss import compute_optimal, fit_loss
 from analysis.laws.loss_forms import FORMS, get_form
 from analysis.load import load_table

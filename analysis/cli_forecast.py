@@ -29,7 +29,8 @@ from analysis import report
 from analysis.cli_input import CliError, Progress, frame, store_runs
 from analysis.laws.hparams import fit_hparams, predict_hparams
 from analysis.laws.isoflop import fit_isoflop, predict_optimal
-from analysis.laws.loglinear import jsonable, prediction_interval
+from analysis.laws.loglinear import prediction_interval
+from analysis.serialize import jsonable
 from analysis.laws.loss import compute_optimal, fit_loss
 from analysis.sensitivity import hparams_sensitivity, isoflop_sensitivity, loss_sensitivity, loss_sensitivity_at
 from tracking.forecasts import load_forecasts, record_check, record_forecast, runs_digest

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from analysis.cli_input import CliError, Progress
-from analysis.laws.loglinear import jsonable
+from analysis.serialize import jsonable
 from tracking.record import Artifact, Tag
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import Any
 import plotly.graph_objects as go
 import polars as pl
 
-from analysis.laws.loglinear import jsonable
+from analysis.serialize import jsonable
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 

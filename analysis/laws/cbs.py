@@ -23,7 +23,7 @@ import polars as pl
 
 from analysis.fitting import (FitResult, bootstrap, fit_power_law, grid_starts, multistart_lbfgsb, params_at_bound,
                               polish, summarize_draws)
-from analysis.laws.loglinear import jsonable
+from analysis.serialize import jsonable
 from analysis.laws.tradeoff import TradeoffResult, fit_tradeoff, steps_to_target
 from analysis.validate import PointsError, check_points
 from tracking.record import Design

@@ -30,8 +30,8 @@ from scipy.spatial import QhullError
 from analysis.fitting import FitResult, bootstrap as bootstrap_draws, summarize_draws
 from analysis.laws.hparams_joint import (JOINT_NEAR, JointFit, JointFitError, Landscape, cell_optima, fit_joint,
                                          select_near)
-from analysis.laws.loglinear import (LawFitError, power_predictor, jsonable, loglinear_result, ols_log,
-                                     prediction_interval)
+from analysis.laws.loglinear import LawFitError, power_predictor, loglinear_result, ols_log, prediction_interval
+from analysis.serialize import jsonable
 from analysis.validate import PointsError, check_points
 
 STEP_LAW_LR = (1.79, -0.713, 0.307)

@@ -22,7 +22,8 @@ import numpy as np
 import polars as pl
 
 from analysis.fitting import FitResult
-from analysis.laws.loglinear import LawFitError, jsonable, loglinear_result, percentile_ci, prediction_interval
+from analysis.laws.loglinear import LawFitError, loglinear_result, percentile_ci, prediction_interval
+from analysis.serialize import jsonable
 from analysis.validate import PointsError, check_points
 
 BUDGET_REL_TOL = 0.05

@@ -95,20 +95,3 @@ def percentile_ci(draws: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, n
     if enough.any():
         lo[enough], hi[enough] = np.nanpercentile(draws[:, enough], [tail, 100.0 - tail], axis=0)
     return lo, hi
-
-
-def jsonable(obj: Any) -> Any:
-    """obj with tuples as lists, numpy scalars as Python numbers and NaN/inf as None (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    return obj

@@ -20,7 +20,8 @@ import numpy as np
 import polars as pl
 
 from analysis.fitting import FitResult, bootstrap
-from analysis.laws.loglinear import jsonable, loglinear_result, ols_log, percentile_ci
+from analysis.laws.loglinear import loglinear_result, ols_log, percentile_ci
+from analysis.serialize import jsonable
 from analysis.validate import PointsError, check_points
 
 TARGET_COLUMNS = ("target", "S_min", "S_min_lo", "S_min_hi", "E_min", "E_min_lo", "E_min_hi",
