@@ -378,3 +378,22 @@ def test_bits_per_byte():
     torch.testing.assert_close(bits_per_byte(torch.tensor([math.log(2), 0.0])), torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match="bytes_per_token=0"):
         bits_per_byte(1.0, bytes_per_token=0)
+
+
+def test_a_lost_dataset_insert_race_is_retried_and_other_refusals_are_not():
+    """Workers starting together insert the same dataset row: the loser's unique-key error (a 400 from MLflow's SQL
+    store, the IntegrityError as its cause) is worth another try; any other refusal is not."""
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    from lab.lineage import _lost_insert_race
+
+    try:
+        try:
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO datasets", {}, Exception("UNIQUE constraint failed"))
+        except sqlalchemy.exc.IntegrityError as inner:
+            raise MlflowException(message=inner, error_code="BAD_REQUEST") from inner
+    except MlflowException as err:
+        assert _lost_insert_race(err)
+    assert _lost_insert_race(MlflowException("duplicate key value violates unique constraint \"datasets_pk\""))
+    assert not _lost_insert_race(MlflowException("RESOURCE_DOES_NOT_EXIST: run abc not found"))
