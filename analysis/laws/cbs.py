@@ -244,8 +244,9 @@ def propose_batch_warmup(fit: CbsFit, total_tokens: float, micro_batch_granulari
 
     start_sequences (default: micro_batch_granularity, the smallest allowed batch) must be a multiple of the
     granularity (micro_batch · devices), so every doubled batch is too. Milestone tokens are rounded up to a
-    whole step of the batch in force, so each change falls on a step boundary; they are strictly increasing
-    and > 0, as lab.schedules.BatchSchedule requires.
+    whole step of the batch in force counted from the previous milestone (where that batch began), so each change
+    falls on a step boundary of the run lab-train trains; they are strictly increasing and > 0, as
+    lab.schedules.BatchSchedule requires.
     """
     g = int(micro_batch_granularity)
     b = g if start_sequences is None else int(start_sequences)
@@ -260,7 +261,7 @@ def propose_batch_warmup(fit: CbsFit, total_tokens: float, micro_batch_granulari
         if t is None or t >= total_tokens:
             break
         step = b * seq_len  # tokens per step of the batch in force
-        t_step = max(int(np.ceil(t / step)) * step, previous + step)
+        t_step = previous + max(int(np.ceil((t - previous) / step)), 1) * step
         if t_step >= total_tokens:
             break
         b *= 2

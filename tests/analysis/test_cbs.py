@@ -87,13 +87,14 @@ def test_batch_warmup_doubles_when_cbs_reaches_twice_the_batch_and_runs_in_the_c
     assert isinstance(plan, BatchWarmupPlan) and plan.start_sequences == g
     seqs = [s for _, s in plan.milestones]
     assert seqs == [g * 2 ** (i + 1) for i in range(len(seqs))] and seqs[-1] == 1024
-    previous_b = g
+    previous_b, previous_t = g, 0
     for t, s in plan.milestones:
         # the fitted CBS has reached twice the previous batch at the switch, within one step of rounding
         assert fit.predict(t) >= 2 * previous_b * seq_len
         assert fit.predict(t - previous_b * seq_len) < 2 * previous_b * seq_len
-        assert t % (previous_b * seq_len) == 0
-        previous_b = s
+        # a whole number of steps of the batch in force since it began (not since token 0)
+        assert (t - previous_t) % (previous_b * seq_len) == 0
+        previous_b, previous_t = s, t
     overrides = plan.to_overrides()
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}
     assert parsed["batch.schedule"] == "stepwise"
@@ -102,6 +103,12 @@ def test_batch_warmup_doubles_when_cbs_reaches_twice_the_batch_and_runs_in_the_c
                              milestones=tuple(tuple(m) for m in parsed["batch.milestones"]), granularity=g)
     assert batch_sequences(0, schedule) == g
     assert batch_sequences(plan.milestones[0][0], schedule) == 2 * g
+    # stepping as lab-train does, every milestone is the end of a step: no step straddles a batch change
+    ends, tokens = set(), 0
+    while tokens < plan.milestones[-1][0]:
+        tokens += batch_sequences(tokens, schedule) * seq_len
+        ends.add(tokens)
+    assert {t for t, _ in plan.milestones} <= ends
     # a plateau below twice the batch: no step, and the overrides fall back to a constant batch
     flat = propose_batch_warmup(fit, 2e10, g, seq_len=1024, max_sequences=4096, start_sequences=1024)
     assert flat.milestones == () and flat.to_overrides() == ["batch.schedule=constant", "batch.sequences=1024"]
