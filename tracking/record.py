@@ -127,6 +127,8 @@ class Tag:
     REFERENCE: Final = "reference"
     SEED: Final = "seed"
     RESOURCES: Final = "resources"
+    LR_SCHEDULE: Final = "lr_schedule"
+    """Schedule-study runs (design schedules): the name of the run's LR schedule variant, e.g. cosine, step."""
     # --- critical-batch-size branches
     BRANCH_OF: Final = "branch_of"
     CHECKPOINT_TOKENS: Final = "checkpoint_tokens"
@@ -170,6 +172,10 @@ class Role:
     """A warmup check's run at a constant batch, the warmup's final one (lr by the same rescale rule)."""
     CONSTANT_START: Final = "constant_start"
     """A warmup check's run at a constant batch, the warmup's first one: the baseline its steps are saved against."""
+    FIT: Final = "fit"
+    """A schedule study's run that a schedule law is fitted to (sweeps.schedule_study)."""
+    HELD_OUT: Final = "held_out"
+    """A schedule study's run kept out of the fit: the law predicts it, and its realised curve checks the law."""
 
 
 class Design:
@@ -180,6 +186,7 @@ class Design:
     LR_BATCH: Final = "lr_batch"
     CBS: Final = "cbs"
     WARMUP_CHECK: Final = "warmup_check"
+    SCHEDULES: Final = "schedules"
 
 
 class FailureKind:
