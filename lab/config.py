@@ -13,10 +13,9 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-LR_SCHEDULES = ("constant", "cosine", "linear", "wsd", "power", "inverse_sqrt", "table")
-DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
-BATCH_SCHEDULES = ("constant", "linear", "stepwise")
-LR_RESCALE_RULES = ("none", "linear", "sqrt")
+from lab.schedules import BATCH_SCHEDULES, DECAY_SHAPES, LR_SCHEDULES  # noqa: F401  (re-exported: one definition)
+from lab.schedules import RESCALE_RULES as LR_RESCALE_RULES
+
 STRATEGIES = ("auto", "ddp", "fsdp")
 PRECISIONS = ("32-true", "bf16-mixed")
 """trainer.precision: fp32 master weights always; bf16-mixed computes matmuls in bf16 (lab.parallel.PrecisionPolicy)."""
@@ -159,7 +158,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     """Final lr as a fraction of the peak."""
     decay_fraction: float = 0.2
-    """wsd / power: fraction of the run spent decaying."""
+    """wsd / power: fraction of the run spent decaying; two_stage: fraction after the drop to min_lr_ratio."""
     decay_shape: str = "linear"
     table: Optional[str] = None
     """schedule=table: CSV with columns fraction (of the run's tokens, 0..1), lr_multiplier (of lr), warmup

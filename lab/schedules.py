@@ -26,7 +26,7 @@ class ScheduleError(ValueError):
     """A schedule configuration that cannot run; the message names the field, the value and the fix."""
 
 
-LR_SCHEDULES = ("constant", "cosine", "linear", "wsd", "power", "inverse_sqrt", "table")
+LR_SCHEDULES = ("constant", "cosine", "linear", "wsd", "two_stage", "power", "inverse_sqrt", "table")
 LR_TABLE_COLUMNS = ("fraction", "lr_multiplier")
 """Columns of a tabulated LR schedule: fraction of the run's tokens, lr as a fraction of the peak."""
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt", "exponential")
@@ -53,6 +53,8 @@ class LRSchedule:
     - ``linear``: warmup, then 1 − (1 − min)·p.
     - ``wsd``: warmup-stable-decay (Hu et al. 2024, MiniCPM): 1 until t0 = total·(1 − decay_fraction), then
       ``decay_shape`` from 1 to min over [t0, total].
+    - ``two_stage``: warmup, 1 until t0 = total·(1 − decay_fraction), then min_lr_ratio: the step drop Luo et al.
+      (ICLR 2025, the Multi-Power Law) fit their law on beside cosine and constant.
     - ``power``: the Power scheduler (Shen et al. 2024, arXiv:2408.13359, §4), see :func:`power_lr_multiplier`.
     - ``inverse_sqrt``: warmup, then sqrt(warmup/tokens) (Vaswani et al. 2017, in tokens); min_lr_ratio unused.
     - ``table``: linear interpolation in ``table`` ((fraction of total_tokens, multiplier), ...), its own warmup
@@ -73,7 +75,7 @@ class LRSchedule:
     min_lr_ratio: float = 0.0
     """End value as a fraction of the peak lr (cosine, linear, wsd; for power, of the lr where decay starts)."""
     decay_fraction: float = 0.2
-    """Fraction of total_tokens spent in the final decay (wsd, power)."""
+    """Fraction of total_tokens spent in the final decay (wsd, power), or after the drop (two_stage)."""
     decay_shape: str = "linear"
     """Shape of the final decay (wsd, power): linear, cosine, 1-sqrt or exponential."""
     power_a: float = 4.6
@@ -102,7 +104,7 @@ class LRSchedule:
                  f"LRSchedule.min_lr_ratio={self.min_lr_ratio} must be in [0, 1] (a fraction of the peak lr)")
         _require(self.decay_shape in DECAY_SHAPES,
                  f"LRSchedule.decay_shape={self.decay_shape!r} is unknown; use one of {', '.join(DECAY_SHAPES)}")
-        if self.name in ("wsd", "power"):
+        if self.name in ("wsd", "power", "two_stage"):
             _require(0.0 < self.decay_fraction <= 1.0,
                      f"LRSchedule.decay_fraction={self.decay_fraction} must be in (0, 1] for {self.name!r}")
             _require(self.decay_start >= self.warmup_tokens,
@@ -123,7 +125,7 @@ class LRSchedule:
 
     @property
     def decay_start(self) -> float:
-        """t0 [tokens]: where the final decay of wsd and power begins."""
+        """t0 [tokens]: where the final decay of wsd and power begins, or two_stage's drop."""
         return self.total_tokens * (1.0 - self.decay_fraction)
 
 
@@ -192,10 +194,12 @@ def lr_multiplier(tokens: float, s: LRSchedule) -> float:
     if s.name in ("cosine", "linear"):
         p = (tokens - s.warmup_tokens) / (s.total_tokens - s.warmup_tokens)
         return _decay(p, s.min_lr_ratio, s.name)
-    # wsd
     t0 = s.decay_start
     if tokens < t0:
         return 1.0
+    if s.name == "two_stage":
+        return s.min_lr_ratio
+    # wsd
     return _decay((tokens - t0) / (s.total_tokens - t0), s.min_lr_ratio, s.decay_shape)
 
 

@@ -30,7 +30,7 @@ def lr(name: str, tokens: float, **kw) -> float:
 # --- learning rate ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["constant", "cosine", "linear", "wsd", "inverse_sqrt"])
+@pytest.mark.parametrize("name", ["constant", "cosine", "linear", "wsd", "two_stage", "inverse_sqrt"])
 def test_warmup_is_linear_from_zero_to_one(name):
     assert lr(name, 0) == 0.0
     assert lr(name, 25) == 0.25
@@ -62,6 +62,14 @@ def test_linear_exact_values():
     assert lr("linear", 550, min_lr_ratio=0.2) == pytest.approx(0.6, abs=1e-15)
     assert lr("linear", T, min_lr_ratio=0.2) == pytest.approx(0.2, abs=1e-15)
     assert lr("linear", 2 * T) == 0.0
+
+
+def test_two_stage_drops_once_to_the_min_ratio_at_the_decay_start():
+    # decay_fraction 0.3 of T = 1000 tokens: the peak until token 700, then min_lr_ratio to the end and past it
+    values = [lr("two_stage", t, decay_fraction=0.3, min_lr_ratio=0.1) for t in (W, 699.9, 700, 850, T, 2 * T)]
+    assert values == [1.0, 1.0, 0.1, 0.1, 0.1, 0.1]
+    with pytest.raises(ScheduleError, match="before warmup ends"):
+        LRSchedule("two_stage", 500, T, decay_fraction=0.9)
 
 
 def test_wsd_is_stable_until_the_decay_window():
