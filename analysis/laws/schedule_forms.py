@@ -129,7 +129,12 @@ def _cells(d: np.ndarray, ks: np.ndarray, area: np.ndarray, log_lr_k: np.ndarray
     """(weight, ln η̂, ln Ŝ) of the cells of each point in `steps`."""
     point = np.repeat(np.arange(steps.size), counts)
     j = np.arange(point.size) - np.repeat(np.cumsum(counts) - counts, counts)  # index into ks
-    log_area = np.log(np.maximum(area[steps[point] + 1] - area[ks[j]], _TINY))  # S_k(t) = Σ_{τ=k..t} η_τ
+    after = area[steps[point] + 1] - area[ks[j]]  # S_k(t) = Σ_{τ=k..t} η_τ
+    # A decrease with no lr area after it (a schedule that ends at lr 0) has realised none of its drop: G(0) = 0.
+    # Left in, η_k^(−γ)·S_k(t) would be 0^(−γ)·0, which the floors below turn into G = 1 whenever γ > 1.
+    live = after > 0
+    point, j = point[live], j[live]
+    log_area = np.log(np.maximum(after[live], _TINY))
     key = ((point.astype(np.int64) << 40) + ((np.floor(log_area / width).astype(np.int64) + (1 << 19)) << 20)
            + bin_lr[j] + (1 << 19))
     cells, inverse = np.unique(key, return_inverse=True)

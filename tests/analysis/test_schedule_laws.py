@@ -48,6 +48,20 @@ def test_grouped_decay_term_matches_the_exact_sum():
                                rtol=1e-12)
 
 
+@pytest.mark.parametrize("gamma", [0.6, 1.2])
+def test_a_schedule_ending_at_lr_zero_predicts_the_exact_sum(gamma):
+    # lab's WSD to min_lr_ratio 0 uses lr 0 on its last step: that drop has no lr area after it, so it has realised
+    # nothing yet (G(0) = 0) whatever gamma; the grouped sum once turned 0^(-gamma)·0 into G = 1 for gamma > 1
+    lr = lr_sequence("wsd", 3000, 3e-4, 50, final_ratio=0.0)
+    assert lr[-1] == 0.0
+    params = {**MP_TRUE, "B": 400.0, "C": 2.0, "gamma": gamma}
+    fit = ScheduleFit.of(sf.MULTI_POWER, params, lr_ref=3e-4)
+    steps = np.array([100, 2400, 2998, 2999])
+    predicted = predict_curve(fit, lr, steps)
+    assert np.isfinite(predicted).all()
+    np.testing.assert_allclose(predicted, sf.multi_power_exact(params, lr, steps), rtol=1e-6)
+
+
 @pytest.mark.parametrize("form", sf.FORMS)
 def test_gradients_match_finite_differences(form):
     curves = _curves(form, MP_TRUE if form == sf.MULTI_POWER else AN_TRUE, 0.0)
