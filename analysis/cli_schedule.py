@@ -2,12 +2,14 @@
 
     lab-fit schedule --input curves.csv --fit-runs cosine constant two-stage --predict-out pred.csv --out fit.json
     lab-fit schedule --tracking-uri sqlite:///mlflow.db --sweep schedules --fit-runs RUN1 RUN2 RUN3 --form annealing
+    lab-fit schedule --tracking-uri sqlite:///mlflow.db --sweep sched      (a schedule study: fits its role=fit runs)
 
 Laws: `analysis.laws.schedule` (Multi-Power Law, Luo et al. 2025; LR-annealing law, Tissue et al. 2024).
 
 Inputs. A table (CSV/Parquet) with columns run_id, step, lr, loss: lr on every optimizer step from 0, loss where
 measured and empty elsewhere (the loss at step t follows the update of step t). Or the FINISHED runs of an MLflow
-store (--experiment, --sweep), read with `analysis.load.load_curves`; --fit-runs takes run ids or run names. lab-train
+store (--experiment, --sweep), read with `analysis.load.load_curves`; --fit-runs takes run ids or run names, and
+defaults to the role=fit runs of a schedule study (lab-sweep sweep=schedule_study, sweeps.schedule_study). lab-train
 logs metrics at step s = updates done, so the store's `lr` at s is the lr of optimizer step s − 1, `val/loss` at s
 belongs to step s − 1, and `train/loss` at s (the forward pass before update s) to step s − 2 (the first dropped).
 `train/loss` is noisy, so it is smoothed: a centred mean over --smooth recorded steps (shrinking at the ends),
@@ -37,7 +39,8 @@ from analysis.laws.schedule import (SCHEMA, Curve, ScheduleFit, curves_from_fram
                                     relative_errors, select_runs)
 from analysis.laws.schedule_choose import ScheduleChoice, choose_schedule, write_lr_table
 from analysis.load import load_curves, load_table
-from tracking.record import Metric
+from analysis.points import schedule_fit_runs, schedule_points
+from tracking.record import Design, Metric, Role
 
 BATCH_SCHEDULE = "param.batch.schedule"
 FORMULAS = {sf.MULTI_POWER: "L(t) = L0 + A·(S1+S_W)^-alpha - B·Σ_k (η_k-1 − η_k)·(1 − (C·η_k^-gamma·S_k(t) + 1)^-beta)",
@@ -54,7 +57,8 @@ LR_JUMP = 0.05
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register `lab-fit schedule` on the subparsers of analysis.cli."""
     p = sub.add_parser("schedule", parents=[common], help="loss curve of any lr schedule from a few runs")
-    p.add_argument("--fit-runs", nargs="+", required=True, metavar="RUN", help="runs to fit (ids or names)")
+    p.add_argument("--fit-runs", nargs="+", metavar="RUN", help="runs to fit (ids or names); from a store, default: "
+                   "the role=fit runs of a schedule study (lab-sweep sweep=schedule_study)")
     p.add_argument("--form", choices=sf.FORMS, default=sf.MULTI_POWER)
     p.add_argument("--metric", choices=METRICS, default=Metric.VAL_LOSS, help="store: the loss curve to fit")
     p.add_argument("--smooth", type=int, default=25, metavar="W", help="store, train/loss: centred mean over W steps")
@@ -80,18 +84,24 @@ def run(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
             raise CliError(f"{flag} {path}: directory {Path(path).parent} does not exist; create it or choose "
                            "another path")
     if args.input is not None:
+        if not args.fit_runs:
+            raise CliError("--input: name the runs to fit with --fit-runs (run ids of the table), e.g. the papers' "
+                           "three: cosine, constant and a two-stage drop")
         say(f"reading {args.input}")
         curves = curves_from_frame(load_table(args.input, required=SCHEMA))
         names = {r: r for r in curves}
     else:
         say(f"loading runs from {args.tracking_uri}")
-        curves, names = store_curves(args.tracking_uri, store_runs(args), args.fit_runs, args.metric, args.smooth,
-                                     args.points, say)
+        runs = store_runs(args)
+        if not args.fit_runs:
+            args.fit_runs = study_fit_runs(runs, say)
+        curves, names = store_curves(args.tracking_uri, runs, args.fit_runs, args.metric, args.smooth, args.points,
+                                     say)
     say(f"fitting the {args.form} law to {len(args.fit_runs)} runs by multi-start L-BFGS-B, then {args.bootstrap} "
         "bootstrap resamples of runs")
     fit, rows, predictions, fitted = fit_curves(curves, args.fit_runs, names, args.form, args.bootstrap, args.delta,
                                                 args.seed, args.skip_fraction)
-    print(_report(fit, rows), flush=True)
+    print(schedule_report(fit, rows), flush=True)
     if args.predict_out is not None:
         predictions.write_csv(args.predict_out)
         say(f"wrote {args.predict_out}")
@@ -158,7 +168,7 @@ def _skip_start(curve: Curve, fraction: float) -> Curve:
     return Curve(curve.run_id, curve.lr, curve.steps[keep], curve.loss[keep])
 
 
-def _report(fit: ScheduleFit, rows: list[dict[str, Any]]) -> str:
+def schedule_report(fit: ScheduleFit, rows: list[dict[str, Any]]) -> str:
     params = report.table(["param", "estimate", "SE", "95% interval", ""],
                           [[k, v, fit.stderr.get(k), report.bracket(*fit.ci95.get(k, (None, None))),
                             "AT BOUND" if k in fit.at_bound else ""] for k, v in fit.params.items()],
@@ -167,6 +177,22 @@ def _report(fit: ScheduleFit, rows: list[dict[str, Any]]) -> str:
                         [[r["run_name"], "yes" if r["fitted"] else "no", r["steps"], r["final_loss"],
                           r["predicted_final"], 100 * r["mean_rel_error"], 100 * r["max_rel_error"]] for r in rows])
     return params + "\n\n" + runs
+
+
+def study_fit_runs(runs: pl.DataFrame, say: Progress) -> list[str]:
+    """Without --fit-runs: the role=fit runs of the selection's schedule study (analysis.points.schedule_points)."""
+    study = schedule_points(runs)
+    fit = schedule_fit_runs(study)
+    if not fit:
+        raise CliError("no --fit-runs given and the selection holds no finished schedule-study runs of role fit "
+                       f"(design {Design.SCHEDULES}); name the runs to fit with --fit-runs, or run lab-sweep "
+                       f"sweep={Design.SCHEDULES} and pass its sweep id with --sweep")
+    if len(study.sweeps) > 1:
+        raise CliError(f"the selection holds the schedule studies {study.sweeps}; choose one with --sweep")
+    held = study.frame.filter(pl.col("role") != Role.FIT)["run_name"].to_list()
+    say(f"fitting the study's role=fit runs {study.frame.filter(pl.col('role') == Role.FIT)['run_name'].to_list()}"
+        f"{'; predicting ' + str(held) if held else ''}")
+    return fit
 
 
 def _resolve(run: str, names: dict[str, str]) -> str:

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from tracking.record import Design, Param, Tag, compute
+from tracking.record import Design, Param, Role, Tag, compute
 
 LAW_DESIGNS: dict[str, tuple[str, ...]] = {
     "loss": (Design.GRID, Design.ISOFLOP),
     "isoflop": (Design.ISOFLOP, Design.GRID),
     "hparams": (Design.LR_BATCH,),
     "cbs": (Design.CBS,),
+    "schedule": (Design.SCHEDULES,),
 }
 """The sweep designs whose runs are points of each law (tag ``design``); the first is the one made for it."""
 LAWS = tuple(LAW_DESIGNS)
@@ -52,6 +53,8 @@ BUDGET = f"tag.{Tag.BUDGET}"
 POINT_COLUMNS = ("run_id", "run_name", SWEEP, "N", "D", "C", "B", "lr", "loss")
 """Columns of a frame of (N, D) points (design §4), plus the run and sweep each comes from."""
 NEEDED = {"loss": ("N", "D", "loss"), "isoflop": ("N", "D", "loss"), "hparams": ("N", "D", "lr", "B", "loss")}
+SCHEDULE_COLUMNS = ("run_id", "run_name", SWEEP, "N", "D", "B", "lr", Tag.SCHEDULE_NAME, "role", "loss")
+"""Columns of a schedule study's runs (schedule_points)."""
 BRANCH_COLUMNS = ("run_id", "run_name", SWEEP, "checkpoint_tokens", "B", "loss", "B_ref", "reference", "seq_len",
                   "micro_batch")
 
@@ -141,6 +144,8 @@ def law_points(runs: pl.DataFrame, law: str, needed: tuple[str, ...] | None = No
     _check_law(law)
     if law == "cbs":
         return _branch_points(runs)
+    if law == "schedule":
+        return schedule_points(runs)
     notes: list[str] = []
     runs = finished(training_runs(runs))
     scratch = from_scratch(runs)
@@ -252,6 +257,29 @@ def warmup_check_points(runs: pl.DataFrame) -> Points:
         **{c: pl.col(t) if t in done.columns else pl.lit(None, pl.String) for c, t in tag.items()})
     frame = frame.select(*[pl.col(c) if c in frame.columns else pl.lit(None).alias(c) for c in WARMUP_COLUMNS])
     return Points(Design.WARMUP_CHECK, frame, done, tuple(notes), _mixed(done, Design.WARMUP_CHECK))
+
+
+def schedule_points(runs: pl.DataFrame) -> Points:
+    """The runs of a schedule study (design ``schedules``, sweeps.schedule_study): FINISHED training runs with their
+    schedule name (tag ``schedule_name``) and role (``fit``: the law is fitted on it; ``held_out``: predicted and
+    checked). A schedule law reads their lr and loss curves (analysis.cli_schedule.store_curves)."""
+    runs = training_runs(runs)
+    runs = runs.filter(pl.col(DESIGN) == Design.SCHEDULES) if DESIGN in runs.columns else runs.clear()
+    done = finished(runs)
+    notes = []
+    if done.height < runs.height:
+        names = runs.join(done, on="run_id", how="anti")["run_name"].to_list()
+        notes.append(f"left out {len(names)} schedule-study runs that did not finish: {names[:5]}")
+    tag = {Tag.SCHEDULE_NAME: Tag.SCHEDULE_NAME, "role": Tag.ROLE}
+    frame = done.with_columns(**{c: pl.col(f"tag.{t}") if f"tag.{t}" in done.columns else pl.lit(None, pl.String)
+                                 for c, t in tag.items()})
+    frame = frame.select(*[pl.col(c) if c in frame.columns else pl.lit(None).alias(c) for c in SCHEDULE_COLUMNS])
+    return Points("schedule", frame, done, tuple(notes), _mixed(done, "schedule"))
+
+
+def schedule_fit_runs(points: Points) -> list[str]:
+    """Run ids of a schedule study's role=fit runs (the runs its law is fitted on by default)."""
+    return points.frame.filter(pl.col("role") == Role.FIT)["run_id"].to_list()
 
 
 def _check_law(law: str) -> None:

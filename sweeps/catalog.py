@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 from lab.config import BatchConfig, ModelConfig
-from sweeps import branches, warmup_check
+from sweeps import branches, schedule_study, warmup_check
 from sweeps.designs import Base, DesignError, RunSpec, isoflop, lr_batch, size_tokens_grid
 from tracking.record import Design
 
@@ -18,6 +18,7 @@ DESIGNS: Mapping[str, Callable[..., list[RunSpec]]] = MappingProxyType({
     Design.LR_BATCH: lr_batch,
     Design.CBS: branches.cbs,
     Design.WARMUP_CHECK: warmup_check.warmup_check,
+    Design.SCHEDULES: schedule_study.schedules,
 })
 
 

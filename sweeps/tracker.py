@@ -44,6 +44,8 @@ class SweepTracker:
             {Tag.SWEEP_DESIGN: str(design.get("name")), Tag.SWEEP_RUNS: str(len(specs))},
             {**params, "overrides": " ".join(task_overrides)[:6000]})
         self.client.log_text(run_id, json.dumps([s.to_dict() for s in specs], indent=1), Artifact.DESIGN)
+        # this launch's count: a relaunch may add runs (a schedule study's held-out runs, more seeds)
+        self.client.set_tag(run_id, Tag.SWEEP_RUNS, str(len(specs)))
         self.client.set_tag(run_id, Tag.SWEEP_STATUS, SweepStatus.RUNNING)
         return run_id
 

@@ -127,8 +127,8 @@ class Tag:
     REFERENCE: Final = "reference"
     SEED: Final = "seed"
     RESOURCES: Final = "resources"
-    LR_SCHEDULE: Final = "lr_schedule"
-    """Schedule-study runs (design schedules): the name of the run's LR schedule variant, e.g. cosine, step."""
+    SCHEDULE_NAME: Final = "schedule_name"
+    """Schedule-study runs (design schedule_study): the name of the run's LR schedule variant, e.g. cosine, step."""
     # --- critical-batch-size branches
     BRANCH_OF: Final = "branch_of"
     CHECKPOINT_TOKENS: Final = "checkpoint_tokens"
@@ -186,7 +186,7 @@ class Design:
     LR_BATCH: Final = "lr_batch"
     CBS: Final = "cbs"
     WARMUP_CHECK: Final = "warmup_check"
-    SCHEDULES: Final = "schedules"
+    SCHEDULES: Final = "schedule_study"
 
 
 class FailureKind:
