@@ -16,7 +16,10 @@ belongs to step s − 1, and `train/loss` at s (the forward pass before update s
 dropping points whose window holds an lr jump, one step changing the lr by more than 5% of the peak (a step drop
 would otherwise be blurred into the steps before it; a cosine changes by < 4% a step even over 40 steps); both
 metrics are then thinned to at most --points points per run, evenly spaced, last included. From either input,
-losses in the first --skip-fraction (10%) of each run's steps, the initial transient, are left out.
+losses in the first --skip-fraction (10%) of each run's steps, the initial transient, are left out, and the law is
+fitted to at most --points points per run: a denser run (a table's raw per-step loss) is reduced to the means of
+the losses around evenly spaced points (analysis.laws.schedule.thin_curve), so its noise averages out and the fit
+costs the same whatever the cadence; errors and --predict-out cover every measured point after the skip.
 
 The laws describe one model at one batch size: the lr sequence is their only input. Runs with a batch-size schedule
 (param batch.schedule other than constant) change the gradient noise along the run, which the laws do not model: a
@@ -36,7 +39,7 @@ from analysis import report
 from analysis.cli_input import CliError, Progress, store_runs
 from analysis.laws import schedule_forms as sf
 from analysis.laws.schedule import (SCHEMA, Curve, ScheduleFit, curves_from_frame, fit_schedule, predict_curve,
-                                    relative_errors, select_runs)
+                                    relative_errors, select_runs, thin_curve)
 from analysis.laws.schedule_choose import ScheduleChoice, choose_schedule, write_lr_table
 from analysis.load import load_curves, load_table
 from analysis.points import schedule_fit_runs, schedule_points
@@ -62,7 +65,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--form", choices=sf.FORMS, default=sf.MULTI_POWER)
     p.add_argument("--metric", choices=METRICS, default=Metric.VAL_LOSS, help="store: the loss curve to fit")
     p.add_argument("--smooth", type=int, default=25, metavar="W", help="store, train/loss: centred mean over W steps")
-    p.add_argument("--points", type=int, default=200, help="store: at most this many points per run")
+    p.add_argument("--points", type=int, default=200, help="at most this many points per run (a table's denser "
+                   "runs: each kept point the mean of the losses around it)")
     p.add_argument("--skip-fraction", type=float, default=SKIP_FRACTION, metavar="F",
                    help="leave out each run's losses in its first F of steps (the initial transient)")
     p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log loss")
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
     say(f"fitting the {args.form} law to {len(args.fit_runs)} runs by multi-start L-BFGS-B, then {args.bootstrap} "
         "bootstrap resamples of runs")
     fit, rows, predictions, fitted = fit_curves(curves, args.fit_runs, names, args.form, args.bootstrap, args.delta,
-                                                args.seed, args.skip_fraction)
+                                                args.seed, args.skip_fraction, args.points)
     print(schedule_report(fit, rows), flush=True)
     if args.predict_out is not None:
         predictions.write_csv(args.predict_out)
@@ -111,13 +115,19 @@ def run(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
 
 
 def fit_curves(curves: dict[str, Curve], fit_runs: list[str], names: dict[str, str], form: str, bootstrap: int,
-               delta: float, seed: int, skip_fraction: float = SKIP_FRACTION
+               delta: float, seed: int, skip_fraction: float = SKIP_FRACTION, points: int | None = None
                ) -> tuple[ScheduleFit, list[dict[str, Any]], pl.DataFrame, list[Curve]]:
-    """Fit `form` to the `fit_runs` (ids or names) among `curves`, each run's first skip_fraction left out, and
-    predict every run: (fit, one row per run with its mean and worst relative error, the --predict-out frame
-    run_id, step, loss, predicted, fitted, the fitted curves). What lab-fit schedule and the dashboard both run."""
+    """Fit `form` to the `fit_runs` (ids or names) among `curves`, each run's first skip_fraction left out and at
+    most `points` points of each (analysis.laws.schedule.thin_curve: window means of a denser curve), and predict
+    every measured point of every run after its skip_fraction: (fit, one row per run with its mean and worst
+    relative error, the --predict-out frame run_id, step, loss, predicted, fitted, the fitted curves). What
+    lab-fit schedule and the dashboard both run."""
+    if points is not None and points < 10:
+        raise CliError(f"--points {points}: give at least 10 points per run (default 200)")
     curves = {r: _skip_start(c, skip_fraction) for r, c in curves.items()}
     fitted = select_runs(curves, [_resolve(r, names) for r in fit_runs])
+    if points is not None:
+        fitted = [thin_curve(c, points, LR_JUMP) for c in fitted]
     fit = fit_schedule(fitted, form, bootstrap=bootstrap, delta=delta, seed=seed)
     rows, predictions = [], []
     for run_id, curve in curves.items():

@@ -105,6 +105,29 @@ def _curve(run_id: str, rows: pl.DataFrame) -> Curve:
     return Curve(run_id, lr_values, at.astype(np.int64), loss)
 
 
+def thin_curve(curve: Curve, points: int, jump: float = 0.05) -> Curve:
+    """At most `points` measured points of a curve, evenly spaced in its measured steps, the last included; where a
+    curve has more, each kept point is the mean of the losses around it (a centred window of n/points measured
+    points, shrinking at the ends), so a dense, noisy curve (a raw per-step training loss) keeps its information
+    instead of a few noisy samples, and a fit costs the same whatever the logging cadence. A window holding an lr
+    jump (one step changing the lr by more than `jump` of the peak, e.g. a step drop) is not averaged: the loss
+    falls fast right after one, and a mean across it would blur the drop into the steps before it."""
+    n = curve.steps.size
+    if n <= points:
+        return curve
+    centres = np.unique(np.round(np.linspace(0, n - 1, points)).astype(int))
+    half = max((n // points) // 2, 0)
+    reach = np.minimum(half, np.minimum(centres, n - 1 - centres))  # symmetric, so the mean stays at its step
+    cum = np.concatenate([[0.0], np.cumsum(curve.loss)])
+    mean = (cum[centres + reach + 1] - cum[centres - reach]) / (2 * reach + 1)
+    steps_of_lr_jump = np.flatnonzero(np.abs(np.diff(curve.lr)) > jump * curve.lr.max()) + 1
+    lo, hi = curve.steps[centres - reach], curve.steps[centres + reach]
+    straddles = (np.searchsorted(steps_of_lr_jump, lo, side="right")
+                 < np.searchsorted(steps_of_lr_jump, hi, side="right"))
+    loss = np.where(straddles, curve.loss[centres], mean)
+    return Curve(curve.run_id, curve.lr, curve.steps[centres], loss)
+
+
 def select_runs(curves: Mapping[str, Curve], run_ids: Sequence[str]) -> list[Curve]:
     """The curves of `run_ids`, in that order; unknown ids are one error listing those available."""
     unknown = [r for r in run_ids if r not in curves]
