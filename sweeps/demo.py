@@ -7,7 +7,11 @@
    lr*, B* at that compute-optimal N and D;
 3. a critical-batch-size branch study at one size (Merrill et al. 2025): a reference run keeps checkpoints,
    branches continue from each at larger batches; the local CBS per checkpoint, CBS(D) with intervals and the
-   batch-size warmup it proposes, as lab-train overrides.
+   batch-size warmup it proposes, as lab-train overrides;
+4. a schedule study of one model (Luo et al. 2025): the Multi-Power Law fitted on cosine, constant and a two-stage
+   drop predicts the WSD run's final loss before that run trains (outputs/demo-schedule-forecast.json), then WSD
+   trains and the prediction is checked;
+5. the batch warmup proposed in 3, trained against constant batches on the same tokens: steps saved, loss kept?
 
 Every run goes through lab-sweep's machinery with two joblib workers of one thread each, into `sqlite:///mlflow.db`
 under one sweep parent run per study. Re-running skips the runs already finished (same sweep ids), so an
@@ -35,8 +39,11 @@ from typing import Any, Optional
 
 import polars as pl
 
-from sweeps.demo_batch import SEQ_LEN, Branches, Landscape, branches_overrides, landscape_overrides, shape
+from sweeps.demo_batch import (SEQ_LEN, Branches, Landscape, branches_overrides, landscape_overrides, shape,
+                               warmup_plan)
 from sweeps.demo_console import Console, StudyBar
+from sweeps.demo_schedules import (Schedules, check_held_out, predict_held_out, report_warmup_check, schedule_line,
+                                   schedules_overrides, warmup_check_overrides, warmup_line)
 from sweeps.demo_page import (CHINCHILLA_POINTS, approach3_verdict, cbs_verdict, chinchilla_reference, closing_page,
                               hparams_verdicts, isoflop_verdict, optima_inside)
 from tracking.record import Metric
@@ -63,6 +70,7 @@ class Scale:
     iso_micro_batch: int
     landscape: Landscape
     branches: Branches
+    schedules: Schedules
 
 
 FAST = Scale("demo", budgets=(8e9, 5e9, 3e9), widths=(4, 6, 8, 12), iso_k=4, iso_tokens_per_param=20,
@@ -71,7 +79,9 @@ FAST = Scale("demo", budgets=(8e9, 5e9, 3e9), widths=(4, 6, 8, 12), iso_k=4, iso
                                  batch_sequences=(2, 4, 8)),
              branches=Branches(width=12, tokens=2**18, reference_sequences=4,
                                checkpoint_tokens=(2**13, 2**14, 2**15, 2**16, 2**17), window_tokens=2**15,
-                               batch_sequences=(8, 16, 32, 64, 128), micro_batch=4, tolerance=0.01))
+                               batch_sequences=(8, 16, 32, 64, 128), micro_batch=4, tolerance=0.01),
+             schedules=Schedules(width=32, heads=2, tokens=2**20, lr=3e-3, sequences=16, val_every_steps=16,
+                                 val_sequences=256))
 FULL = Scale("demo-full", budgets=(3e10, 1e10, 5e9), widths=(6, 8, 12, 16), iso_k=4, iso_tokens_per_param=20,
              iso_sequences=8, iso_micro_batch=4,
              landscape=Landscape(widths=(8, 12), tokens_per_param=(40, 20, 10), lr_min=4e-3, lr_max=6.4e-2, n_lr=5,
@@ -79,7 +89,9 @@ FULL = Scale("demo-full", budgets=(3e10, 1e10, 5e9), widths=(6, 8, 12, 16), iso_
              branches=Branches(width=12, tokens=2**20, reference_sequences=4,
                                checkpoint_tokens=(2**13, 2**14, 2**15, 2**16, 2**17, 2**18, 2**19),
                                window_tokens=2**16, batch_sequences=(8, 16, 32, 64, 128), micro_batch=4,
-                               tolerance=0.01))
+                               tolerance=0.01),
+             schedules=Schedules(width=32, heads=2, tokens=2**21, lr=3e-3, sequences=16, val_every_steps=16,
+                                 val_sequences=256))
 
 
 SMOKE = Scale("demo-smoke", budgets=(3e7, 2e7), widths=(4, 6, 8), iso_k=3, iso_tokens_per_param=20,
@@ -87,11 +99,14 @@ SMOKE = Scale("demo-smoke", budgets=(3e7, 2e7), widths=(4, 6, 8), iso_k=3, iso_t
               landscape=Landscape(widths=(4, 6), tokens_per_param=(20, 10), lr_min=1e-2, lr_max=3e-2, n_lr=2,
                                   batch_sequences=(2, 4)),
               branches=Branches(width=4, tokens=2**13, reference_sequences=2, checkpoint_tokens=(1024, 2048, 4096),
-                                window_tokens=1024, batch_sequences=(2, 4, 8), micro_batch=2, tolerance=0.01))
+                                window_tokens=1024, batch_sequences=(2, 4, 8), micro_batch=2, tolerance=0.01),
+              schedules=Schedules(width=8, heads=1, tokens=2**14, lr=3e-3, sequences=4, val_every_steps=4,
+                                  val_sequences=16))
 """Only for the test of the demo (tests/sweeps/test_demo.py): every part runs in about a minute; its laws mean
 nothing."""
 LOG, REPORT = Path("outputs/demo.log"), Path("outputs/demo-report.txt")
 FORECAST = Path("outputs/demo-forecast.json")
+SCHEDULE_FORECAST = Path("outputs/demo-schedule-forecast.json")
 
 
 def common(jobs: int) -> list[str]:
@@ -232,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
 
         ensure_store(TRACKING_URI)  # before any progress bar reads it: a concurrent first use of SQLite crashes
     REPORT.write_text("")
-    console.print(f"lab-demo: three small scaling studies on the CPU ({args.jobs} worker{'s' * (args.jobs > 1)}); "
+    console.print(f"lab-demo: five small studies on the CPU ({args.jobs} worker{'s' * (args.jobs > 1)}); "
                   f"runs into {TRACKING_URI}, their output into {LOG},", f"the full fit tables into {REPORT}.")
 
-    runs, ok_iso = sweep(console, "1/3 IsoFLOP", f"{s.prefix}-isoflop", [*isoflop_overrides(s), *base])
+    runs, ok_iso = sweep(console, "1/5 IsoFLOP", f"{s.prefix}-isoflop", [*isoflop_overrides(s), *base])
     budgets = ", ".join(f"{c:g}" for c in sorted(s.budgets))
     with into_report(console, REPORT, f"1. IsoFLOP sweep: budgets {budgets} FLOPs x widths {s.widths} (2 layers)"):
         if runs.height:
@@ -251,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     times["IsoFLOP"] = time.perf_counter() - t0
 
     L = s.landscape
-    runs, ok_lr = sweep(console, "2/3 lr x B", f"{s.prefix}-lr-batch",
+    runs, ok_lr = sweep(console, "2/5 lr x B", f"{s.prefix}-lr-batch",
                         [*landscape_overrides(L, f"{s.prefix}-lr-batch"), *base])
     with into_report(console, REPORT, f"2. lr x B landscape: widths {L.widths} x D = {L.tokens_per_param} N, lr in "
                      f"[{L.lr_min:g}, {L.lr_max:g}] x B in {[b * SEQ_LEN for b in L.batch_sequences]} tokens"):
@@ -259,12 +274,25 @@ def main(argv: list[str] | None = None) -> int:
     times["lr x B"] = time.perf_counter() - t0 - sum(times.values())
 
     b = s.branches
-    runs, ok_cbs = sweep(console, "3/3 CBS", f"{s.prefix}-cbs", [*branches_overrides(b, f"{s.prefix}-cbs"), *base])
+    runs, ok_cbs = sweep(console, "3/5 CBS", f"{s.prefix}-cbs", [*branches_overrides(b, f"{s.prefix}-cbs"), *base])
     with into_report(console, REPORT, f"3. Critical batch size: width {b.width}, reference D = {b.tokens} at B = "
                      f"{b.reference_sequences * SEQ_LEN} tokens, branches of {b.window_tokens} tokens at B in "
                      f"{[q * SEQ_LEN for q in b.batch_sequences]} from {len(b.checkpoint_tokens)} checkpoints"):
         curve = report_branches(runs, b, args.bootstrap)
     times["CBS"] = time.perf_counter() - t0 - sum(times.values())
+
+    held_check, ok_sched = schedule_study(console, s, base, args.bootstrap)
+    times["schedules"] = time.perf_counter() - t0 - sum(times.values())
+
+    plan = warmup_plan(value_of(curve), b) if value_of(curve) is not None else None
+    warmup_check, ok_warm = None, True
+    if plan is not None and plan.milestones:
+        runs, ok_warm = sweep(console, "5/5 warmup check", f"{s.prefix}-warmup-check",
+                              [*warmup_check_overrides(plan, b, f"{s.prefix}-warmup-check"), *base])
+        with into_report(console, REPORT, f"5. Batch warmup check: the warmup proposed in 3 against constant batches "
+                         f"on {b.tokens} tokens"):
+            warmup_check = report_warmup_check(runs)
+    times["warmup check"] = time.perf_counter() - t0 - sum(times.values())
 
     demo = [isoflop_verdict(value_of(iso), error_of(iso)), approach3_verdict(value_of(law), error_of(law)),
             *hparams_verdicts(value_of(hparams), error_of(hparams)), cbs_verdict(value_of(curve), error_of(curve))]
@@ -272,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     if CHINCHILLA_POINTS.exists():
         with into_report(console, REPORT, "Chinchilla's published points (tests/data/chinchilla_points.csv)"):
             reference, reference_law = chinchilla_reference(args.bootstrap)
-    notes = [n for n in (optima_inside(value_of(iso)), forecast_line) if n]
+    notes = [n for n in (optima_inside(value_of(iso)), forecast_line, schedule_line(held_check),
+                         warmup_line(warmup_check, plan)) if n]
     notes += [DESIGN_NOTE if s is FAST else f"Scale {s.prefix}: budgets {s.budgets}, widths {s.widths}.",
               "",
               f"Done in {time.perf_counter() - t0:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}). "
@@ -280,9 +309,48 @@ def main(argv: list[str] | None = None) -> int:
               f"  .venv/bin/lab-dashboard --tracking-uri {TRACKING_URI}        # fitted laws",
               f"  .venv/bin/mlflow ui --backend-store-uri {TRACKING_URI}      # runs and curves",
               f"  .venv/bin/lab-fit loss --tracking-uri {TRACKING_URI} --sweep {s.prefix}-isoflop",
-              f"  .venv/bin/lab-fit cbs --tracking-uri {TRACKING_URI} --sweep {s.prefix}-cbs"]
+              f"  .venv/bin/lab-fit cbs --tracking-uri {TRACKING_URI} --sweep {s.prefix}-cbs",
+              f"  .venv/bin/lab-fit schedule --tracking-uri {TRACKING_URI} --sweep {s.prefix}-schedules"]
     console.print(*closing_page(demo, value_of(law), reference, reference_law, notes))
-    return 0 if ok_iso and ok_lr and ok_cbs else 1
+    return 0 if ok_iso and ok_lr and ok_cbs and ok_sched and ok_warm else 1
+
+
+def schedule_study(console: Console, s: Scale, base: list[str], bootstrap: int) -> tuple[Any, bool]:
+    """Part 4: train the fitted schedules, predict the held-out one before it trains, train it, compare."""
+    sched, sweep_id = s.schedules, f"{s.prefix}-schedules"
+    fit_runs, ok_fit = sweep(console, "4/5 schedules", sweep_id,
+                             [*schedules_overrides(sched, sweep_id, train_held_out=False), *study_base(base, sched)])
+    title = (f"4. Schedule study: width {sched.width}, D = {sched.tokens} tokens at B = {sched.sequences * SEQ_LEN} "
+             f"tokens, peak lr {sched.lr:g}; Multi-Power Law fitted on cosine, constant, two-stage, WSD predicted")
+    with into_report(console, REPORT, title):
+        try:
+            forecast = predict_held_out(TRACKING_URI, EXPERIMENT, sweep_id, train_overrides(study_base(base, sched)),
+                                        sched, bootstrap, SCHEDULE_FORECAST)
+        except ValueError as err:
+            print(f"  the schedule law cannot be fitted: {err}")
+            return err, False
+    _, ok_held = sweep(console, "4/5 schedules, held out", sweep_id,
+                       [*schedules_overrides(sched, sweep_id, train_held_out=True), *study_base(base, sched)])
+    with into_report(console, REPORT, "4. Schedule study: the held-out schedule, predicted against realised"):
+        try:
+            check: Any = check_held_out(TRACKING_URI, EXPERIMENT, sweep_id, forecast)
+        except (ValueError, KeyError) as err:
+            print(f"  no held-out check: {err}")
+            check = err
+    return check, ok_fit and ok_held
+
+
+def study_base(base: list[str], sched: Schedules) -> list[str]:
+    """The demo's common overrides less those the schedule study sets itself (its validation cadence and set)."""
+    from sweeps.runs import override_key
+
+    own = {override_key(o) for o in schedules_overrides(sched, "x", True)}
+    return [o for o in base if override_key(o) not in own]
+
+
+def train_overrides(overrides: list[str]) -> list[str]:
+    """The lab-train overrides among lab-sweep's (the launcher's are Hydra's, not the run's)."""
+    return [o for o in overrides if not o.startswith(("hydra", "hydra/"))]
 
 
 DESIGN_NOTE = """\

@@ -99,7 +99,7 @@ def report_branches(runs: pl.DataFrame, s: Branches, bootstrap: int) -> Any:
     """Local CBS per checkpoint (reference loss: the branch at the reference's own batch, the smallest), CBS(D)
     with 95% intervals, and the batch warmup it proposes for a run of the reference's length. Returns the CbsFit,
     or the ValueError that stopped the fit."""
-    from analysis.laws.cbs import fit_cbs_curve, local_cbs, propose_batch_warmup
+    from analysis.laws.cbs import fit_cbs_curve, local_cbs
     from analysis.report import cbs_report
 
     if "tag.branch_of" not in runs.columns:
@@ -120,10 +120,16 @@ def report_branches(runs: pl.DataFrame, s: Branches, bootstrap: int) -> Any:
             print(local)
         print(f"  no CBS curve: {err}")
         return err
-    plan = propose_batch_warmup(curve, total_tokens=s.tokens, micro_batch_granularity=s.micro_batch,
-                                seq_len=SEQ_LEN, max_sequences=max(s.batch_sequences),
-                                start_sequences=s.reference_sequences)
+    plan = warmup_plan(curve, s)
     print(f"tolerance ε = {s.tolerance:g} (relative loss excess over the branch at the reference's B = "
           f"{s.reference_sequences * SEQ_LEN} tokens)\n")
     print(cbs_report(local, curve, plan))
     return curve
+
+
+def warmup_plan(curve: Any, s: Branches) -> Any:
+    """The batch warmup the CBS curve proposes for a run of the reference's length, model and start batch."""
+    from analysis.laws.cbs import propose_batch_warmup
+
+    return propose_batch_warmup(curve, total_tokens=s.tokens, micro_batch_granularity=s.micro_batch, seq_len=SEQ_LEN,
+                                max_sequences=max(s.batch_sequences), start_sequences=s.reference_sequences)
