@@ -7,6 +7,7 @@ the page being shown does not draw.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # type-only: the fitting code imports scipy, which Home and R
 WIDE_INTERVAL = 10.0
 EXTRAPOLATION_WARN = 10.0
 PLAUSIBLE_TOKENS_PER_PARAM = (1.0, 1000.0)
+JOB_POLL_S = 0.5
 RUN_TABLE_COLUMNS = ("run_name", "experiment", "sweep", "status", "N", "D", "C", "B", "lr", "loss", "steps",
                      "start_time", "run_id")
 
@@ -184,6 +186,18 @@ def show_law(fit: FitResult, title: str) -> None:
         st.warning(f"{', '.join(fit.at_bound)} ended on a bound of the fit: the optimum is not interior and its "
                    "interval is not trustworthy; add points or widen the bounds")
     table(law_table(fit))
+
+
+def rerun_when_done(job: Future) -> None:
+    """Rerun the page once `job` (a computation in a worker thread, app/fits.py) has finished, so its result
+    replaces what the page shows in the meantime; polled from a fragment, which reruns alone until then."""
+
+    @st.fragment(run_every=JOB_POLL_S)
+    def poll() -> None:
+        if job.done():
+            st.rerun()
+
+    poll()
 
 
 def chart(fig: go.Figure, key: str) -> None:
