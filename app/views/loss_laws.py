@@ -16,7 +16,7 @@ from app import data, fits, selection, ui
 
 FINAL, VALIDATION = "final loss of each run", "every validation point"
 
-uri, all_runs = ui.store_sidebar()
+uri, all_runs = ui.store()
 runs = ui.run_filters(all_runs)
 st.title("Loss laws")
 

@@ -26,7 +26,7 @@ from tracking.record import Metric
 SCHEDULE = "param.optim.schedule"  # the lr schedule lab-train ran (its config's optim.schedule)
 FIT_DEFAULT = 3  # the papers fit three runs: cosine, constant and a two-stage drop
 
-uri, all_runs = ui.store_sidebar()
+uri, all_runs = ui.store()
 runs = ui.run_filters(all_runs)
 st.title("Schedules")
 ui.begin_exports("schedules")

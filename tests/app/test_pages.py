@@ -104,6 +104,23 @@ def test_home_summarises_the_store(store_uri, monkeypatch):
     assert metrics == {"Runs": "16", "Finished": "15", "Experiments": "1", "Sweeps": "3"}
 
 
+def test_one_store_box_serves_every_page_and_keeps_the_store_chosen(store_uri, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    other = f"sqlite:///{tmp_path}/other.db"
+    client = MlflowClient(other)
+    client.create_run(client.create_experiment("other", artifact_location=(tmp_path / "a").as_uri()), run_name="one")
+    at = open_page(store_uri, None, monkeypatch)
+    assert "16 runs in the store" in [c.value for c in at.sidebar.caption]
+    at.sidebar.text_input(key="tracking_uri").input(other).run()
+    assert {m.label: m.value for m in checked(at).metric}["Runs"] == "1"
+    for page in (pages.RUNS.path, pages.FORECASTS.path, pages.HOME.path):  # the box is the entrypoint's, not a page's
+        at.switch_page(page).run()
+        assert [t.value for t in checked(at).sidebar.text_input if t.key == "tracking_uri"] == [other]
+        assert "1 runs in the store" in [c.value for c in at.sidebar.caption]
+    assert {m.label: m.value for m in at.metric}["Runs"] == "1"
+
+
 def test_runs_page_curves_come_from_the_store_and_follow_the_widgets(store_uri, monkeypatch):
     at = open_page(store_uri, pages.RUNS.path, monkeypatch)
     assert at.dataframe[0].value.shape[0] == 16
