@@ -316,8 +316,9 @@ def schedule_runs(runs: pl.DataFrame) -> ScheduleRuns | None:
             return ScheduleRuns(tuple(fit["run_id"]), tuple(held["run_id"]), float(fit["N"][0]), float(fit["B"][0]),
                                 sweep, note)
     groups = (done.drop_nulls("schedule").group_by("N", "B")
-              .agg(pl.len().alias("runs"), pl.col("schedule").n_unique().alias("schedules"), pl.col("start_time").max())
-              .filter(pl.col("schedules") >= 2)
+              .agg(pl.len().alias("runs"), pl.col("schedule").n_unique().alias("n_schedules"),
+                   pl.col("start_time").max())
+              .filter(pl.col("n_schedules") >= 2)
               .sort(["runs", "start_time"], descending=True, nulls_last=True))
     if groups.height == 0:
         return None
@@ -327,7 +328,7 @@ def schedule_runs(runs: pl.DataFrame) -> ScheduleRuns | None:
     fit = [r for r in group["run_id"] if r in set(firsts["run_id"])]
     held = [r for r in group["run_id"] if r not in set(fit)]
     note = (f"no schedule study (design {Design.SCHEDULES}) in the selection: the largest group of one N and one batch "
-            f"size under {groups['schedules'][0]} LR schedules, one run of each of {len(fit)} schedules fitted")
+            f"size under {groups['n_schedules'][0]} LR schedules, one run of each of {len(fit)} schedules fitted")
     return ScheduleRuns(tuple(fit), tuple(held), float(N), float(B), None, note)
 
 

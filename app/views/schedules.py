@@ -23,10 +23,11 @@ from analysis.points import schedule_of, schedule_runs, training_runs
 from app import fits, ui
 from tracking.record import Design, Metric, Role, Tag
 
+# lab-sweep's config for a design is conf/sweep/<design>.yaml, so the command names the design.
 HOW_TO_STUDY = ("No runs of one model size and one batch size under different LR schedules pass the filters, and "
                 "a fit to a mix of sizes or batch sizes is no schedule law. Run a schedule study (runs tagged design "
                 f"`{Design.SCHEDULES}`, each with its `{Tag.LR_SCHEDULE}` and role `{Role.FIT}` or `{Role.HELD_OUT}`):"
-                "\n\n    lab-sweep sweep=schedules ...\n\nor pick runs by hand below.")
+                f"\n\n    lab-sweep sweep={Design.SCHEDULES} ...\n\nor pick runs by hand below.")
 FIT_DEFAULT = 3  # a table's first three runs: the papers fit three (cosine, constant and a two-stage drop)
 MAX_RUNS = 24  # curves read and drawn at once
 

@@ -204,6 +204,6 @@ def test_schedules_page_fits_the_schedule_study_s_fit_runs_and_predicts_its_held
 def test_schedules_page_without_a_schedule_study_says_how_to_run_one_and_fits_nothing(tmp_path, monkeypatch):
     uri, _, _ = grid_store(tmp_path)  # one run per (N, D): no model trained under two schedules
     at = open_page(uri, pages.SCHEDULES.path, monkeypatch)
-    assert any("lab-sweep sweep=schedules" in i.value for i in at.info)
+    assert any(f"lab-sweep sweep={Design.SCHEDULES}" in i.value for i in at.info)
     assert at.multiselect(key="sched_fit").value == []
     assert not [c for c in at.get("plotly_chart") if c.proto.id.endswith("-sched_curves")] and not at.dataframe
