@@ -260,7 +260,7 @@ def warmup_check_points(runs: pl.DataFrame) -> Points:
 
 
 def schedule_points(runs: pl.DataFrame) -> Points:
-    """The runs of a schedule study (design ``schedules``, sweeps.schedule_study): FINISHED training runs with their
+    """The runs of a schedule study (design ``schedule_study``, sweeps.schedule_study): FINISHED training runs with their
     schedule name (tag ``schedule_name``) and role (``fit``: the law is fitted on it; ``held_out``: predicted and
     checked). A schedule law reads their lr and loss curves (analysis.cli_schedule.store_curves)."""
     runs = training_runs(runs)
@@ -280,6 +280,84 @@ def schedule_points(runs: pl.DataFrame) -> Points:
 def schedule_fit_runs(points: Points) -> list[str]:
     """Run ids of a schedule study's role=fit runs (the runs its law is fitted on by default)."""
     return points.frame.filter(pl.col("role") == Role.FIT)["run_id"].to_list()
+
+
+SCHEDULE_NAME = f"tag.{Tag.SCHEDULE_NAME}"
+"""Column of the runs frame naming a schedule study's LR schedule variant (cosine, constant, two_stage, wsd, ...)."""
+OPTIM_SCHEDULE = "param.optim.schedule"
+"""Column of the runs frame holding the LR schedule lab-train ran (its config's optim.schedule)."""
+ROLE = f"tag.{Tag.ROLE}"
+SCHEDULES_FITTED = 3
+"""Runs a schedule law is fitted to when no study says which: one per schedule, as the papers fit three (cosine,
+constant and a two-stage drop; Luo et al. 2025, Tissue et al. 2024)."""
+
+
+@dataclass(frozen=True)
+class ScheduleRuns:
+    """The runs a schedule law is fitted to (`fit`) and those it predicts (`held_out`), all of one model size N and
+    one batch size B; `sweep` is the schedule study they come from (None: a group found by N and B); `note` says
+    how they were chosen."""
+
+    fit: tuple[str, ...]
+    held_out: tuple[str, ...]
+    N: float
+    B: float
+    sweep: str | None
+    note: str
+
+
+def schedule_of(runs: pl.DataFrame) -> pl.Series:
+    """Each run's LR schedule: a study's tag ``schedule_name``, else the optim.schedule lab-train ran; null where
+    neither is recorded."""
+    found = [pl.col(c).cast(pl.String) for c in (SCHEDULE_NAME, OPTIM_SCHEDULE) if c in runs.columns]
+    if not found:
+        return pl.Series("schedule", [None] * runs.height, dtype=pl.String)
+    return runs.select(pl.coalesce(*found).alias("schedule"))["schedule"]
+
+
+def schedule_runs(runs: pl.DataFrame) -> ScheduleRuns | None:
+    """The runs the schedule law takes by default, as `lab-fit schedule` should be given them.
+
+    1. The most recent sweep of design ``schedule_study`` (sweeps made for the law: one N, one B, several schedules)
+       with a finished run of role ``fit``: its runs of role ``fit`` are fitted, those of role ``held_out``
+       predicted.
+    2. Else the finished runs of the largest (N, B) group holding at least two distinct LR schedules (the most
+       recent such group on a tie): the first run of each schedule, `SCHEDULES_FITTED` at most, is fitted and the
+       others predicted.
+    3. Else None: no runs of one model and one batch under different schedules, so no selection is a fit of the
+       law (a mix of sizes or batch sizes is not one).
+    """
+    done = from_scratch(finished(training_runs(runs))).drop_nulls(["N", "B"])
+    done = done.with_columns(schedule=schedule_of(done)).sort("start_time", nulls_last=True)
+    if DESIGN in done.columns and ROLE in done.columns:
+        study = done.filter((pl.col(DESIGN) == Design.SCHEDULES) & pl.col(SWEEP).is_not_null())
+        with_fit = study.filter(pl.col(ROLE) == Role.FIT)
+        if with_fit.height:
+            sweep = with_fit.group_by(SWEEP).agg(pl.col("start_time").max()).sort(
+                "start_time", descending=True, nulls_last=True)[SWEEP][0]
+            mine = study.filter(pl.col(SWEEP) == sweep)
+            fit = mine.filter(pl.col(ROLE) == Role.FIT)
+            held = mine.filter(pl.col(ROLE) == Role.HELD_OUT)
+            untagged = mine.height - fit.height - held.height
+            note = (f"schedule study `{sweep}`: {fit.height} runs of role {Role.FIT} fitted, {held.height} of role "
+                    f"{Role.HELD_OUT} predicted" + (f" ({untagged} runs with neither role left out)" if untagged else ""))
+            return ScheduleRuns(tuple(fit["run_id"]), tuple(held["run_id"]), float(fit["N"][0]), float(fit["B"][0]),
+                                sweep, note)
+    groups = (done.drop_nulls("schedule").group_by("N", "B")
+              .agg(pl.len().alias("runs"), pl.col("schedule").n_unique().alias("n_schedules"),
+                   pl.col("start_time").max())
+              .filter(pl.col("n_schedules") >= 2)
+              .sort(["runs", "start_time"], descending=True, nulls_last=True))
+    if groups.height == 0:
+        return None
+    N, B = groups["N"][0], groups["B"][0]
+    group = done.filter((pl.col("N") == N) & (pl.col("B") == B)).drop_nulls("schedule")
+    firsts = group.unique("schedule", keep="first", maintain_order=True).head(SCHEDULES_FITTED)
+    fit = [r for r in group["run_id"] if r in set(firsts["run_id"])]
+    held = [r for r in group["run_id"] if r not in set(fit)]
+    note = (f"no schedule study (design {Design.SCHEDULES}) in the selection: the largest group of one N and one batch "
+            f"size under {groups['n_schedules'][0]} LR schedules, one run of each of {len(fit)} schedules fitted")
+    return ScheduleRuns(tuple(fit), tuple(held), float(N), float(B), None, note)
 
 
 def _check_law(law: str) -> None:

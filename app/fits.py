@@ -2,9 +2,18 @@
 
 `st.cache_data` hashes the polars point frames it is given, so a widget change that leaves the points and the
 settings alone reuses the fit; the results are frozen dataclasses from `analysis.laws`.
+
+The loss law is fitted in two stages, because its bootstrap can take seconds where the point estimate takes a
+fraction of one: a resample whose optimum lies along a nearly flat valley (a form the points barely determine)
+runs thousands of L-BFGS iterations, and every refit must converge for its interval to be right. The point
+estimate is computed in the script run; the bootstrap, warm-started from it, runs in a worker thread whose
+Future is cached per (points, settings), so a widget change shows the new law at once and its intervals when
+they are done, and a second change back finds them finished.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import polars as pl
 import streamlit as st
@@ -19,11 +28,30 @@ from analysis.points import recorded_reference_B
 from analysis.validate import PointsError
 
 
+BOOTSTRAPS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loss-bootstrap")
+"""One worker: bootstraps queue rather than share the CPU with each other and with the pages' script runs."""
+
+
 @st.cache_data(show_spinner="Fitting the loss law…", max_entries=32)
-def loss_fit(points: pl.DataFrame, form: str, bootstrap: int, exclude_top_loss: int, by_run: bool) -> FitResult:
-    """`fit_loss` on N, D, C, loss; by_run resamples whole runs (several validation points per run)."""
+def loss_point(points: pl.DataFrame, form: str, exclude_top_loss: int) -> FitResult:
+    """`fit_loss` without a bootstrap: the law's point estimate (no intervals)."""
+    return fit_loss(points, form=form, bootstrap=0, exclude_top_loss=exclude_top_loss)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def loss_fit_job(points: pl.DataFrame, form: str, bootstrap: int, exclude_top_loss: int, by_run: bool
+                 ) -> Future[FitResult]:
+    """The full fit (`fit_loss` with its bootstrap, warm-started from `loss_point`'s optimum) in the worker
+    thread; by_run resamples whole runs (several validation points per run). Raises as loss_point does."""
+    point = loss_point(points, form, exclude_top_loss)
     groups = "run_id" if by_run and "run_id" in points.columns else None
-    return fit_loss(points, form=form, bootstrap=bootstrap, exclude_top_loss=exclude_top_loss, groups=groups)
+    return BOOTSTRAPS.submit(fit_loss, points, form=form, bootstrap=bootstrap, exclude_top_loss=exclude_top_loss,
+                             groups=groups, optimum=point)
+
+
+def loss_fit(points: pl.DataFrame, form: str, bootstrap: int, exclude_top_loss: int, by_run: bool) -> FitResult:
+    """The full fit, waiting for its bootstrap (the same job the Fit tab started, so it runs once)."""
+    return loss_fit_job(points, form, bootstrap, exclude_top_loss, by_run).result()
 
 
 @st.cache_data(show_spinner="Checking the extrapolation…", max_entries=32)

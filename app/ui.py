@@ -1,12 +1,15 @@
-"""Pieces every page shares: the store picker, run filters, law summaries and the export registry.
+"""Pieces every page shares: the store box, run filters, law summaries and the export registry.
 
-Widget values that must survive a page switch (the store URI, the filters) are kept under a plain session key
-and copied into their widget's own key before it is drawn, because Streamlit forgets the state of widgets that
-the page being shown does not draw.
+The store box (tracking URI, reload button, run count) is built by the entrypoint, app/Home.py, before it runs
+the page, so it is one set of widgets on every page and keeps its state by itself; pages read what it opened
+through `store()`. The run filters are drawn only by the pages that filter (not Home, Forecasts), so their values
+are kept under a plain session key and copied into their widget's own key before it is drawn (`kept`):
+Streamlit forgets the state of widgets that the page being shown does not draw.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -26,6 +29,7 @@ if TYPE_CHECKING:  # type-only: the fitting code imports scipy, which Home and R
 WIDE_INTERVAL = 10.0
 EXTRAPOLATION_WARN = 10.0
 PLAUSIBLE_TOKENS_PER_PARAM = (1.0, 1000.0)
+JOB_POLL_S = 0.5
 RUN_TABLE_COLUMNS = ("run_name", "experiment", "sweep", "status", "N", "D", "C", "B", "lr", "loss", "steps",
                      "start_time", "run_id")
 
@@ -47,10 +51,16 @@ def kept(widget: Callable[..., Any], label: str, key: str, default: Any, sanitiz
     return value
 
 
-def store_sidebar() -> tuple[str, pl.DataFrame]:
-    """The tracking-URI box and reload button; returns (uri, every run). Stops the page on a load error."""
-    uri = kept(st.sidebar.text_input, "MLflow tracking URI", "tracking_uri", default_uri(),
-               help="sqlite:///path/to/mlflow.db, postgresql+psycopg://user@host/db or an http:// server")
+STORE_URI, STORE_RUNS = "store_uri", "store_runs"
+"""Session keys under which the entrypoint's store box leaves the URI it opened and every run of that store."""
+
+
+def store_box() -> None:
+    """The tracking-URI box, reload button and run count, in the sidebar; called by app/Home.py before the page
+    runs. Stops the script (no page drawn) until a store can be read, saying why."""
+    uri = st.sidebar.text_input("MLflow tracking URI", default_uri(), key="tracking_uri",
+                                help="sqlite:///path/to/mlflow.db, postgresql+psycopg://user@host/db or an http:// "
+                                     "server")
     if not uri.strip():
         st.error("Enter the MLflow tracking URI of the store to open (e.g. sqlite:///mlflow.db).")
         st.stop()
@@ -62,7 +72,12 @@ def store_sidebar() -> tuple[str, pl.DataFrame]:
         st.error(f"Cannot read the store: {err}")
         st.stop()
     st.sidebar.caption(f"{runs.height} runs in the store")
-    return uri, runs
+    st.session_state[STORE_URI], st.session_state[STORE_RUNS] = uri, runs
+
+
+def store() -> tuple[str, pl.DataFrame]:
+    """(uri, every run) of the store the sidebar's box opened in this script run (`store_box`)."""
+    return st.session_state[STORE_URI], st.session_state[STORE_RUNS]
 
 
 def _options(runs: pl.DataFrame, column: str) -> list[str]:
@@ -184,6 +199,18 @@ def show_law(fit: FitResult, title: str) -> None:
         st.warning(f"{', '.join(fit.at_bound)} ended on a bound of the fit: the optimum is not interior and its "
                    "interval is not trustworthy; add points or widen the bounds")
     table(law_table(fit))
+
+
+def rerun_when_done(job: Future) -> None:
+    """Rerun the page once `job` (a computation in a worker thread, app/fits.py) has finished, so its result
+    replaces what the page shows in the meantime; polled from a fragment, which reruns alone until then."""
+
+    @st.fragment(run_every=JOB_POLL_S)
+    def poll() -> None:
+        if job.done():
+            st.rerun()
+
+    poll()
 
 
 def chart(fig: go.Figure, key: str) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures for tests that need an outside service.
+"""Fixtures for tests that need an outside service, and test data more than one package's tests read.
 
 A test that needs PostgreSQL skips, printing why, when none answers on 127.0.0.1:5432 (trust auth, as on the
 project's machines; LAB_POSTGRES_PORT moves the port); with LAB_REQUIRE_SERVICES=1 (CI with services up) it fails
@@ -48,3 +48,12 @@ def postgres_url() -> Iterator[str]:
         finally:
             # FORCE: pooled connections left open by the code under test must not keep the database alive.
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def curves_csv(tmp_path_factory):
+    """Four Multi-Power Law curves under cosine, constant, two-stage and WSD schedules (tests/schedule_curves.py), as
+    the table lab-fit schedule --input reads."""
+    from schedule_curves import write_curves_csv  # here: it imports scipy, which most tests do not need
+
+    return write_curves_csv(tmp_path_factory.mktemp("schedule"))

@@ -50,7 +50,7 @@ def _predict_params(form_name: str, params: dict[str, float], *inputs: Any) -> n
 def fit_loss(df: pl.DataFrame, form: str = "chinchilla", bootstrap: int = 1000, delta: float = 1e-3,
              seed: int = 0, exclude_top_loss: int = 0, *, bounds: Bounds | None = None,
              starts: np.ndarray | None = None, groups: str | None = None, bootstrap_method: str = "batched",
-             n_jobs: int | None = None) -> FitResult:
+             n_jobs: int | None = None, optimum: FitResult | None = None) -> FitResult:
     """Fit the loss law `form` ("chinchilla", "kaplan", "farseer", "L(N)", "L(C)"; see loss_forms.FORMS).
 
     Objective: Σ huber(log L_pred − log loss, delta) (summed, Hoffmann et al. 2022 / Besiroglu et al. 2024),
@@ -62,6 +62,9 @@ def fit_loss(df: pl.DataFrame, form: str = "chinchilla", bootstrap: int = 1000, 
     resamples of 250 points in seconds); "processes" refits each with scipy's L-BFGS-B in `n_jobs` worker
     processes. Both use the same resamples for the same seed and reach the same optima (to ~1e-6 of f).
     bounds, in the fitted parametrisation, override the form's; parameters ending on a bound are flagged.
+    optimum: a fit of these same points, form, delta, exclude_top_loss and bounds (typically with bootstrap=0);
+    its optimum is taken as found and only the bootstrap runs, so a caller can show the point estimate while
+    the intervals are computed, without searching the starts twice.
     """
     law = get_form(form)
     if bootstrap_method not in ("batched", "processes"):
@@ -82,8 +85,14 @@ def fit_loss(df: pl.DataFrame, form: str = "chinchilla", bootstrap: int = 1000, 
     log_y = np.log(df["loss"].cast(pl.Float64).to_numpy())
     log_predict = partial(law.log_predict, logs=logs)
     objective = huber_log_objective(log_predict, log_y, delta)
-    x_start = law.starts() if starts is None else np.atleast_2d(np.asarray(starts, dtype=float))
-    x, f = multistart_lbfgsb(objective, x_start, bounds)
+    if optimum is not None:
+        if optimum.form != law.name or optimum.n_points != log_y.size:
+            raise ValueError(f"optimum is a {optimum.form!r} fit of {optimum.n_points} points, not of these "
+                             f"{log_y.size} points with form {law.name!r}")
+        x, f = law.from_params(np.array([optimum.params[n] for n in law.param_names])), optimum.objective
+    else:
+        x_start = law.starts() if starts is None else np.atleast_2d(np.asarray(starts, dtype=float))
+        x, f = multistart_lbfgsb(objective, x_start, bounds)
 
     group_labels = df[groups].to_numpy() if groups is not None else None
     if bootstrap <= 0:

@@ -13,7 +13,7 @@ from tracking.record import Metric, Tag
 from analysis.points import DEFAULT_GRANULARITY, cbs_settings
 from app import data, fits, selection, ui
 
-uri, all_runs = ui.store_sidebar()
+uri, all_runs = ui.store()
 runs = ui.run_filters(all_runs)
 st.title("Critical batch size")
 ui.begin_exports("critical batch size")  # what an earlier run of this page registered may no longer be what it shows

@@ -11,7 +11,7 @@ import streamlit as st
 
 from app import export, ui
 
-uri, all_runs = ui.store_sidebar()
+uri, all_runs = ui.store()
 runs = ui.run_filters(all_runs)
 st.title("Export")
 filters = ui.current_filters()

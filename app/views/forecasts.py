@@ -14,7 +14,7 @@ from analysis.points import training_runs
 from app import data, ui
 from tracking.forecasts import record_check
 
-uri, all_runs = ui.store_sidebar()
+uri, all_runs = ui.store()
 st.title("Forecasts")
 ui.begin_exports("forecasts")
 st.caption("Record one before paying for the run: `lab-fit forecast --tracking-uri URI --sweep S --law "

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app import pages, ui
 
-uri, runs = ui.store_sidebar()
+uri, runs = ui.store()
 
 st.title("Scaling-law workbench")
 st.caption(f"Store: `{uri}`")

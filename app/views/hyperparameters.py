@@ -28,7 +28,7 @@ def edge_cells(points: pl.DataFrame, cells: pl.DataFrame) -> list[str]:
     return found
 
 
-uri, all_runs = ui.store_sidebar()
+uri, all_runs = ui.store()
 runs = ui.run_filters(all_runs)
 st.title("Hyperparameters")
 ui.begin_exports("hyperparameters")  # what an earlier run of this page registered may no longer be what it shows

@@ -16,7 +16,7 @@ from app import data, fits, selection, ui
 
 FINAL, VALIDATION = "final loss of each run", "every validation point"
 
-uri, all_runs = ui.store_sidebar()
+uri, all_runs = ui.store()
 runs = ui.run_filters(all_runs)
 st.title("Loss laws")
 
@@ -54,12 +54,17 @@ if tab_fit.open:  # lazy tabs: a widget change recomputes the open tab only
     with tab_fit:
         ui.begin_exports("loss laws")
         fit = None
-        try:
-            fit = fits.loss_fit(points, form, bootstrap, exclude, mode == VALIDATION)
+        try:  # the point estimate now; its bootstrap in the background (app/fits.py), shown when done
+            point = fits.loss_point(points, form, exclude)
+            job = fits.loss_fit_job(points, form, bootstrap, exclude, mode == VALIDATION)
+            fit = job.result() if job.done() else point
         except (PointsError, RuntimeError) as err:
             st.error(f"Cannot fit {form}: {err}")
         if fit is not None:
             ui.show_law(fit, "Fitted loss law")
+            if fit.n_resamples < bootstrap:
+                st.caption(f"95% intervals: refitting {bootstrap} bootstrap resamples… they appear here when done")
+                ui.rerun_when_done(job)
             if fit.form == "chinchilla":
                 alloc = allocation_exponents(fit)
                 st.markdown("Compute-optimal allocation N* = G·(C/6)^a, D* = (C/6)^b / G: " + " · ".join(
@@ -73,6 +78,7 @@ if tab_fit.open:  # lazy tabs: a widget change recomputes the open tab only
             fig_res = plots.residuals(points, fit)
             ui.chart(fig_res, key="loss_residuals")
             figures["residuals"] = fig_res
+        if fit is not None and fit.n_resamples == bootstrap:  # exported with its intervals only
             settings = {"form": form, "bootstrap": bootstrap, "exclude_top_loss": exclude, "points": mode}
             ui.register("loss laws", laws={f"loss_law_{fit.form}": fit.to_dict()}, figures=figures,
                         tables={"loss_points": points}, provenance={**provenance, "settings": settings})

@@ -18,7 +18,7 @@ from tracking.record import Metric
 PICK = "runs picked below"
 MAX_PLOTTED = 50
 
-uri, all_runs = ui.store_sidebar()
+uri, all_runs = ui.store()
 runs = ui.run_filters(all_runs)
 
 st.title("Runs")

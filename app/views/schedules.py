@@ -19,29 +19,24 @@ from analysis.laws import schedule_forms as sf
 from analysis.laws.schedule import SCHEMA, ScheduleInputError, curves_from_frame
 from analysis.laws.schedule_choose import comparisons, write_lr_table
 from analysis.lineage import mixed_data_warning
-from analysis.points import training_runs
+from analysis.points import schedule_of, schedule_runs, training_runs
 from app import fits, ui
-from tracking.record import Metric
+from tracking.record import Design, Metric, Role, Tag
 
-SCHEDULE = "param.optim.schedule"  # the lr schedule lab-train ran (its config's optim.schedule)
-FIT_DEFAULT = 3  # the papers fit three runs: cosine, constant and a two-stage drop
+# lab-sweep's config for a design is conf/sweep/<design>.yaml, so the command names the design.
+HOW_TO_STUDY = ("No runs of one model size and one batch size under different LR schedules pass the filters, and "
+                "a fit to a mix of sizes or batch sizes is no schedule law. Run a schedule study (runs tagged design "
+                f"`{Design.SCHEDULES}`, each with its `{Tag.SCHEDULE_NAME}` and role `{Role.FIT}` or `{Role.HELD_OUT}`):"
+                f"\n\n    lab-sweep sweep={Design.SCHEDULES} ...\n\nor pick runs by hand below.")
+FIT_DEFAULT = 3  # a table's first three runs: the papers fit three (cosine, constant and a two-stage drop)
+MAX_RUNS = 24  # curves read and drawn at once
 
-uri, all_runs = ui.store_sidebar()
+uri, all_runs = ui.store()
 runs = ui.run_filters(all_runs)
 st.title("Schedules")
 ui.begin_exports("schedules")
 st.caption("Runs of **one model at one batch size** under different LR schedules: the law takes each run's LR "
            "sequence as its only input (`lab-fit schedule`). Fit it on a few, read how well it predicts the others.")
-
-
-def distinct_schedules(run_ids: list[str], schedules: dict[str, str]) -> list[str]:
-    """The default runs to fit: one of each schedule first (in order), then the next runs, FIT_DEFAULT in all."""
-    by_schedule: dict[str | None, str] = {}
-    for r in run_ids:
-        by_schedule.setdefault(schedules.get(r), r)
-    first = list(by_schedule.values())
-    return sorted(first[:FIT_DEFAULT] + [r for r in run_ids if r not in first][:max(0, FIT_DEFAULT - len(first))],
-                  key=run_ids.index)
 
 
 def _label(run_id: str, names: dict[str, str], schedules: dict[str, str]) -> str:
@@ -56,18 +51,27 @@ try:
         if done.height == 0:
             st.info("No finished runs with a model size pass the filters.")
             st.stop()
+        default = schedule_runs(done)  # the schedule study, else one (N, B) group of >= 2 schedules (analysis.points)
+        if default is None:
+            st.info(HOW_TO_STUDY)
+        else:
+            st.caption(f"Default: {default.note} (N = {ui.fmt(default.N)}, B = {ui.fmt(default.B)} tokens).")
         counts = done.group_by("N").len().sort(["len", "N"], descending=[True, False])
         sizes = counts["N"].to_list()
         N = st.selectbox("Model size N (one model: the law describes one)", sizes, key="sched_N",
+                         index=sizes.index(default.N) if default is not None else 0,
                          format_func=lambda n: f"{n:.4g} ({counts.filter(pl.col('N') == n)['len'][0]} runs)")
         of_size = done.filter(pl.col("N") == N).sort("start_time", nulls_last=True)
         names = dict(zip(of_size["run_id"].to_list(), of_size["run_name"].to_list()))
-        schedules = (dict(zip(of_size["run_id"].to_list(), of_size[SCHEDULE].cast(pl.String).to_list()))
-                     if SCHEDULE in of_size.columns else {})
+        schedules = dict(zip(of_size["run_id"].to_list(), schedule_of(of_size).to_list()))
         ids = of_size["run_id"].to_list()
-        shown = st.multiselect("Runs (their lr and loss curves are read)", ids, default=ids[:12], key="sched_runs",
-                               format_func=lambda r: _label(r, names, schedules), max_selections=24)
-        fit_ids = st.multiselect("Fit the law on", shown, default=distinct_schedules(shown, schedules), key="sched_fit",
+        # Another size picked by hand: its runs are offered, and the user says which to fit (no guess at a mix).
+        mine = default is not None and N == default.N
+        shown = st.multiselect("Runs (their lr and loss curves are read)", ids, key="sched_runs",
+                               default=[*default.fit, *default.held_out][:MAX_RUNS] if mine else ids[:12],
+                               format_func=lambda r: _label(r, names, schedules), max_selections=MAX_RUNS)
+        fit_ids = st.multiselect("Fit the law on", shown, key="sched_fit",
+                                 default=[r for r in default.fit if r in shown] if mine else [],
                                  format_func=lambda r: _label(r, names, schedules))
         metric = st.radio("Loss curve", METRICS, index=METRICS.index(Metric.VAL_LOSS),
                           horizontal=True, key="sched_metric")
@@ -112,7 +116,7 @@ ui.chart(fig_curves, key="sched_curves")
 errors = pl.DataFrame(rows).select(
     "run_name", "fitted", "steps", "points", "final_loss", "predicted_final",
     (100 * pl.col("mean_rel_error")).alias("mean rel err %"), (100 * pl.col("max_rel_error")).alias("max rel err %"),
-    "run_id")
+    (100 * (pl.col("predicted_final") / pl.col("final_loss") - 1)).alias("final rel err %"), "run_id")
 ui.table(errors)
 ui.show_law(fit, f"{form}: {FORMULAS[form]}")
 ui.register("schedules", laws={"schedule": {**fit.to_dict(), "formula": FORMULAS[form], "metric": metric,

@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
 from analysis.cli import main
 from analysis.laws import schedule_forms as sf
-from analysis.laws.schedule_shapes import lr_sequence
+from schedule_curves import PEAK, STEPS, WARMUP
 from tracking.record import Metric
-
-STEPS, WARMUP, PEAK = 1000, 20, 3e-4 * 24
-TRUE = dict(L0=2.5, A=0.6, alpha=0.45, B=400.0 / 24, C=2.0 * 24 ** (0.6 - 1), beta=0.6, gamma=0.6)
-SHAPES = ("cosine", "constant", "two-stage", "wsd")
 
 
 def run(argv: list, capsys) -> tuple[int, str, str]:
@@ -31,21 +25,6 @@ def error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if not line.startswith("[")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def curves_csv(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(0)
-    measured = np.arange(WARMUP, STEPS, 20)
-    frames = []
-    for shape in SHAPES:
-        lr = lr_sequence(shape, STEPS, PEAK, WARMUP)
-        loss = np.full(STEPS, np.nan)
-        loss[measured] = sf.multi_power_exact(TRUE, lr, measured) * (1 + 3e-4 * rng.standard_normal(measured.size))
-        frames.append(pl.DataFrame({"run_id": shape, "step": np.arange(STEPS), "lr": lr, "loss": loss}))
-    path = tmp_path_factory.mktemp("schedule") / "curves.csv"
-    pl.concat(frames).with_columns(pl.col("loss").fill_nan(None)).write_csv(path)
-    return path
 
 
 def test_fit_three_schedules_from_a_csv_and_predict_the_fourth(curves_csv, tmp_path, capsys):

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 import polars as pl
 import pytest
 
-from analysis.points import (BRANCH_OF, CHECKPOINT_TOKENS, DESIGN, REFERENCE_B, SWEEP, SWEEP_PARENT, cbs_settings,
-                             default_sweep, law_points)
-from tracking.record import Design
+from analysis.points import (BRANCH_OF, CHECKPOINT_TOKENS, DESIGN, SCHEDULE_NAME, OPTIM_SCHEDULE, REFERENCE_B, ROLE,
+                             SWEEP, SWEEP_PARENT, cbs_settings, default_sweep, law_points, schedule_runs)
+from tracking.record import Design, Role
 
 
 def runs_frame(rows: list[dict]) -> pl.DataFrame:
@@ -67,8 +67,11 @@ def test_the_default_sweep_is_the_most_recent_made_for_the_law():
     ])
     assert default_sweep(runs, "loss") == "iso-new" and default_sweep(runs, "hparams") == "lr"
     assert default_sweep(runs, "cbs") == "cbs" and default_sweep(runs_frame([{SWEEP: "x"}]), "loss") is None
+    assert default_sweep(runs, "schedule") is None
+    study = runs_frame([{SWEEP: "sched", DESIGN: Design.SCHEDULES}, {SWEEP: "iso-new", DESIGN: Design.ISOFLOP}])
+    assert default_sweep(study, "schedule") == "sched"
     with pytest.raises(ValueError, match="law must be one of"):
-        default_sweep(runs, "schedule")
+        default_sweep(runs, "schedules")
 
 
 def test_cbs_points_are_the_branches_and_the_plan_settings_come_from_their_reference():
@@ -82,3 +85,37 @@ def test_cbs_points_are_the_branches_and_the_plan_settings_come_from_their_refer
     assert found.frame["reference"].to_list() == ["r0"] * 2
     settings = cbs_settings(runs, found)
     assert (settings.seq_len, settings.total_tokens, settings.reference_B, settings.granularity) == (64, 1e6, 256.0, 4)
+
+
+def schedule_frame(rows: list[dict]) -> pl.DataFrame:
+    """Runs with the schedule columns: a study's tags (schedule_name, role) and lab-train's optim.schedule."""
+    full = [{SCHEDULE_NAME: None, ROLE: None, OPTIM_SCHEDULE: None, **row} for row in rows]
+    return runs_frame(full).with_columns(pl.col(SCHEDULE_NAME, ROLE, OPTIM_SCHEDULE).cast(pl.String))
+
+
+def test_the_schedule_law_takes_the_latest_schedule_study_fit_runs_and_predicts_its_held_out_ones():
+    study = [{SWEEP: sweep, DESIGN: Design.SCHEDULES, SCHEDULE_NAME: shape, ROLE: role, "N": 2e6, "B": 4096.0}
+             for sweep in ("sched-old", "sched-new")
+             for shape, role in (("cosine", Role.FIT), ("constant", Role.FIT), ("step", Role.FIT),
+                                 ("wsd", Role.HELD_OUT), ("cosine-short", None))]
+    bigger = [{OPTIM_SCHEDULE: shape, "N": 5e6, "B": 8192.0} for shape in ("cosine", "constant") * 5]
+    runs = schedule_frame([*study, *bigger])
+    chosen = schedule_runs(runs)
+    assert chosen.sweep == "sched-new" and (chosen.N, chosen.B) == (2e6, 4096.0)
+    assert chosen.fit == ("r5", "r6", "r7") and chosen.held_out == ("r8",)
+    assert "1 runs with neither role left out" in chosen.note
+    unfinished = runs.with_columns(status=pl.when(pl.col(SWEEP) == "sched-new").then(pl.lit("RUNNING"))
+                                   .otherwise(pl.col("status")))
+    assert schedule_runs(unfinished).sweep == "sched-old"  # a study still running has no fit runs to take yet
+
+
+def test_without_a_study_the_schedule_law_takes_the_largest_group_of_one_N_and_B_under_two_schedules():
+    one_schedule = [{OPTIM_SCHEDULE: "cosine", "N": 1e6, "B": 1024.0}] * 6  # larger, but one schedule: no law
+    mixed_B = [{OPTIM_SCHEDULE: s, "N": 3e6, "B": b} for s, b in (("cosine", 1024.0), ("constant", 2048.0))]
+    group = [{OPTIM_SCHEDULE: s, "N": 2e6, "B": 512.0} for s in ("cosine", "cosine", "constant", "wsd", "step")]
+    small = [{SCHEDULE_NAME: s, "N": 4e6, "B": 512.0} for s in ("cosine", "wsd")]
+    chosen = schedule_runs(schedule_frame([*one_schedule, *mixed_B, *group, *small]))
+    assert chosen.sweep is None and (chosen.N, chosen.B) == (2e6, 512.0)
+    assert chosen.fit == ("r8", "r10", "r11") and chosen.held_out == ("r9", "r12")  # the first of 3 schedules
+    assert schedule_runs(schedule_frame([*one_schedule, *mixed_B])) is None  # nothing is one law's runs
+    assert schedule_runs(runs_frame([{"N": 1e6}, {"N": 2e6}])) is None  # no run records a schedule

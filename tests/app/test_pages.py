@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from app.ui import fmt
 
 ROOT = Path(__file__).resolve().parents[2]
 CHINCHILLA = ROOT / "tests" / "data" / "chinchilla_points.csv"
+PENDING = "bootstrap resamples…"  # the Loss laws page's caption while the intervals are computed
 
 
 def open_page(uri: str, page: str | None, monkeypatch) -> AppTest:
@@ -33,6 +35,17 @@ def open_page(uri: str, page: str | None, monkeypatch) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app" / "Home.py"), default_timeout=240).run()
     if page:
         at.switch_page(page).run()
+    return settled(checked(at))
+
+
+def settled(at: AppTest, timeout_s: float = 120.0) -> AppTest:
+    """The page once the loss law's intervals, bootstrapped in a worker thread, are shown: rerun as the page's
+    poll does in a browser (AppTest runs no timers)."""
+    deadline = time.monotonic() + timeout_s
+    while any(PENDING in c.value for c in at.caption):
+        assert time.monotonic() < deadline, "the bootstrap did not finish"
+        time.sleep(0.2)
+        at.run()
     return checked(at)
 
 
@@ -89,6 +102,23 @@ def test_home_summarises_the_store(store_uri, monkeypatch):
     at = open_page(store_uri, None, monkeypatch)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics == {"Runs": "16", "Finished": "15", "Experiments": "1", "Sweeps": "3"}
+
+
+def test_one_store_box_serves_every_page_and_keeps_the_store_chosen(store_uri, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    other = f"sqlite:///{tmp_path}/other.db"
+    client = MlflowClient(other)
+    client.create_run(client.create_experiment("other", artifact_location=(tmp_path / "a").as_uri()), run_name="one")
+    at = open_page(store_uri, None, monkeypatch)
+    assert "16 runs in the store" in [c.value for c in at.sidebar.caption]
+    at.sidebar.text_input(key="tracking_uri").input(other).run()
+    assert {m.label: m.value for m in checked(at).metric}["Runs"] == "1"
+    for page in (pages.RUNS.path, pages.FORECASTS.path, pages.HOME.path):  # the box is the entrypoint's, not a page's
+        at.switch_page(page).run()
+        assert [t.value for t in checked(at).sidebar.text_input if t.key == "tracking_uri"] == [other]
+        assert "1 runs in the store" in [c.value for c in at.sidebar.caption]
+    assert {m.label: m.value for m in at.metric}["Runs"] == "1"
 
 
 def test_runs_page_curves_come_from_the_store_and_follow_the_widgets(store_uri, monkeypatch):
@@ -150,7 +180,9 @@ def test_loss_law_page_fits_the_grid_sweep_as_lab_fit_does_and_reacts_to_form_an
 
     at.selectbox(key="loss_form").select("L(N)").run()
     expected_n = fit_loss(points, form="L(N)", bootstrap=200)
-    assert f"**alpha** = {fmt(expected_n.params['alpha'])}" in shown(checked(at))
+    assert f"**alpha** = {fmt(expected_n.params['alpha'])}" in shown(checked(at))  # the point estimate at once
+    lo, hi = expected_n.ci95["alpha"]
+    assert f"**alpha** = {fmt(expected_n.params['alpha'])} (95%: {fmt(lo)}–{fmt(hi)}" in shown(settled(at))
     after = figure(at, "loss_points")
     assert after["layout"]["title"]["text"] == "Loss against N: L(N)" != before["layout"]["title"]["text"]
 

@@ -9,21 +9,17 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from analysis.laws import schedule_forms as sf
-from analysis.laws.schedule_shapes import lr_sequence
 from app import pages
 from app.ui import fmt
+from schedule_curves import MEASURED, SHAPES, STEPS, schedule_curves
 from tracking.forecasts import load_forecasts
-from tracking.record import Design, Metric, Param, Tag
+from tracking.record import Design, Metric, Param, Role, Tag
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS, WARMUP, PEAK = 1000, 20, 3e-4 * 24
-TRUE = dict(L0=2.5, A=0.6, alpha=0.45, B=400.0 / 24, C=2.0 * 24 ** (0.6 - 1), beta=0.6, gamma=0.6)
-SHAPES = ("cosine", "constant", "two-stage", "wsd")
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28  # Hoffmann et al. 2022
 TARGET = (3e8, 6e9)
 
@@ -132,22 +128,6 @@ def test_law_pages_warn_when_their_runs_trained_on_different_data(tmp_path, monk
     assert any("trained on 2 datasets" in w.value and "not points of one law" in w.value for w in at.warning)
 
 
-@pytest.fixture(scope="module")
-def curves_csv(tmp_path_factory) -> Path:
-    """Four 1,000-step curves of the Multi-Power Law (0.03% noise) under cosine, constant, two-stage and WSD."""
-    rng = np.random.default_rng(0)
-    measured = np.arange(WARMUP, STEPS, 20)
-    frames = []
-    for shape in SHAPES:
-        lr = lr_sequence(shape, STEPS, PEAK, WARMUP)
-        loss = np.full(STEPS, np.nan)
-        loss[measured] = sf.multi_power_exact(TRUE, lr, measured) * (1 + 3e-4 * rng.standard_normal(measured.size))
-        frames.append(pl.DataFrame({"run_id": shape, "step": np.arange(STEPS), "lr": lr, "loss": loss}))
-    path = tmp_path_factory.mktemp("schedule") / "curves.csv"
-    pl.concat(frames).with_columns(pl.col("loss").fill_nan(None)).write_csv(path)
-    return path
-
-
 def test_schedules_page_fits_predicts_and_chooses_as_lab_fit_schedule_does(curves_csv, tmp_path, monkeypatch):
     uri, _, _ = new_store(tmp_path, "empty")
     at = open_page(uri, pages.SCHEDULES.path, monkeypatch)
@@ -175,18 +155,55 @@ def test_schedules_page_fits_predicts_and_chooses_as_lab_fit_schedule_does(curve
     assert "**C** =" in shown(checked(at)) and "**gamma**" not in shown(at)
 
 
-def test_schedules_page_fits_runs_of_one_size_from_the_store_as_lab_fit_schedule_does(store_uri, monkeypatch):
-    at = open_page(store_uri, pages.SCHEDULES.path, monkeypatch)
-    fit_runs = at.multiselect(key="sched_fit").value
-    N = at.selectbox(key="sched_N").value
-    from analysis.load import load_runs
+def schedule_study(directory: Path) -> tuple[str, dict[str, str]]:
+    """A store holding a schedule study (design schedules, sweep sched-1: the Multi-Power Law curves of
+    schedule_curves, one model, one batch size; WSD held out) beside a grid of other model sizes; (uri, shape ->
+    run id). lr and val/loss are logged at MLflow step s for the schedule law's step s - 1, as lab-train logs them."""
+    from mlflow.entities import Metric as M, Param as P
 
-    runs = load_runs(store_uri).filter(pl.col("run_id").is_in(fit_runs))
-    assert len(fit_runs) == 3 and runs["N"].unique().to_list() == [N]
-    expected = lab_fit("schedule", "--tracking-uri", store_uri, "--fit-runs", *fit_runs, "--bootstrap", 200)
+    uri, client, exp = grid_store(directory)
+    ids = {}
+    for shape, (lr, loss) in schedule_curves().items():
+        tags = {Tag.SWEEP: "sched-1", Tag.DESIGN: Design.SCHEDULES, Tag.SCHEDULE_NAME: shape,
+                Tag.ROLE: Role.HELD_OUT if shape == "wsd" else Role.FIT}
+        run_id = ids[shape] = client.create_run(exp, run_name=f"sched-{shape}", tags=tags).info.run_id
+        metrics = [M(Metric.LR, float(v), 0, i + 1) for i, v in enumerate(lr)]
+        metrics += [M(Metric.VAL_LOSS, float(v), 0, int(step) + 1) for step, v in zip(MEASURED, loss)]
+        metrics.append(M(Metric.TOKENS, STEPS * 512.0, 0, STEPS))
+        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1,000 metrics a batch
+            client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        params = {Param.N: int(2e6), Param.SEQ_LEN: 64, Param.B_TOKENS: 512, Param.LR: 3e-4 * 24}
+        client.log_batch(run_id, params=[P(k, str(v)) for k, v in params.items()])
+        client.set_terminated(run_id, "FINISHED")
+    return uri, ids
+
+
+def test_schedules_page_fits_the_schedule_study_s_fit_runs_and_predicts_its_held_out_one(tmp_path, monkeypatch):
+    uri, ids = schedule_study(tmp_path)
+    at = open_page(uri, pages.SCHEDULES.path, monkeypatch)
+    fit_runs = [ids[s] for s in ("cosine", "constant", "two-stage")]
+    assert at.multiselect(key="sched_fit").value == fit_runs
+    assert sorted(at.multiselect(key="sched_runs").value) == sorted(ids.values())
+    assert any("schedule study `sched-1`" in c.value for c in at.caption)
+    expected = lab_fit("schedule", "--tracking-uri", uri, "--fit-runs", *fit_runs, "--bootstrap", 200)
     text = shown(at)
     for name, value in expected["params"].items():
         assert f"**{name}** = {fmt(value)}" in text
+    errors = at.dataframe[0].value.set_index("run_name")
+    wsd = next(r for r in expected["runs"] if r["run_id"] == ids["wsd"])
+    assert not errors.loc["sched-wsd", "fitted"] and errors.loc["sched-wsd", "fitted":].notna().all()
+    assert errors.loc["sched-wsd", "mean rel err %"] == pytest.approx(100 * wsd["mean_rel_error"])
+    assert errors.loc["sched-wsd", "final rel err %"] == pytest.approx(
+        100 * (wsd["predicted_final"] / wsd["final_loss"] - 1))
+    assert errors.loc["sched-wsd", "mean rel err %"] < 0.1  # the law predicts the run it was not fitted to
 
     at.multiselect(key="sched_runs").unselect(fit_runs[0]).run()  # a run no longer read is no longer fitted
     assert fit_runs[0] not in checked(at).multiselect(key="sched_fit").value
+
+
+def test_schedules_page_without_a_schedule_study_says_how_to_run_one_and_fits_nothing(tmp_path, monkeypatch):
+    uri, _, _ = grid_store(tmp_path)  # one run per (N, D): no model trained under two schedules
+    at = open_page(uri, pages.SCHEDULES.path, monkeypatch)
+    assert any(f"lab-sweep sweep={Design.SCHEDULES}" in i.value for i in at.info)
+    assert at.multiselect(key="sched_fit").value == []
+    assert not [c for c in at.get("plotly_chart") if c.proto.id.endswith("-sched_curves")] and not at.dataframe
