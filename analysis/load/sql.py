@@ -13,13 +13,14 @@ by ``MlflowClient``; every column read here also exists in mlflow 2.x stores). W
   with the highest (step, timestamp, value).
 
 Runs, tags, params and latest values (a few rows per run) go through plain DB-API connections (``sqlite3`` in
-read-only mode, ``psycopg`` 3) handed to ``polars.read_database``. Metric rows (millions) go through Arrow-native
-ADBC drivers (``adbc-driver-sqlite``, ``adbc-driver-postgresql``: columnar batches, no Python object per row,
-GIL released), in blocks of runs on parallel connections, with each run named by an integer code (see
-``read_curves``). On 1,000 runs x 3,100 rows (benchmarks/load_runs.py) ``load_curves`` now takes 3.5x less CPU and
-wall time than with rows fetched through ``sqlite3`` and sorted and joined on strings (4.7 s against 16.8 s of CPU,
-side by side on a busy 2-core machine; frames identical). A read-only connection can never create or migrate a
-store.
+read-only mode, ``psycopg`` 3) handed to ``polars.read_database``. Metric rows (millions) are read in blocks of runs
+on parallel connections, each run named by an integer code (see ``read_curves``): from PostgreSQL through the
+Arrow-native ADBC driver (``adbc-driver-postgresql``: columnar batches, no Python object per row, GIL released);
+from SQLite through Python's own ``sqlite3``, never through ADBC's SQLite driver, which links a second copy of
+SQLite into the process: closing its file descriptor drops the POSIX locks that the process's other SQLite copy
+(MLflow's, writing tags or metrics) holds on the same file, and a concurrent writer then corrupts the store
+("database disk image is malformed"; SQLite's "How To Corrupt An SQLite Database File", §2.2.1). `lab-demo` hit
+exactly that. A read-only connection can never create or migrate a store.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ READERS = min(4, os.cpu_count() or 1)
 """Connections reading metric rows at once, a block of at least MIN_RUNS_PER_READER runs each."""
 MIN_RUNS_PER_READER = 100  # fewer runs are read on one connection: opening more costs more than it saves
 RUNS_PER_QUERY = 10_000  # one bound parameter per run: far below SQLite's 32,766 and PostgreSQL's 65,535
-ARROW_BATCH_ROWS = 65_536  # rows per Arrow batch of the SQLite driver (its default, 1,024, costs ~10% more CPU)
 
 # MLflow stores NaN as value 0 with is_nan set; the query turns it into NULL (value is NOT NULL in MLflow's
 # schema, so NULL can only mean NaN) and _nan_restored gives the NaN back. One column fewer to fetch row by row
@@ -225,13 +225,16 @@ def _param(db: _Db, ids: list[int], key: str) -> dict[str, str]:
 
 
 def _read_metric_rows(uri: str, run_ids: Sequence[str], keys: Sequence[str] | None) -> pl.DataFrame:
-    """RAW_CURVES rows of the runs run_ids[i] (coded i) through an Arrow-native (ADBC) driver.
+    """RAW_CURVES rows of the runs run_ids[i] (coded i): sqlite3 for SQLite, the Arrow-native ADBC driver for
+    PostgreSQL (module docstring).
 
     The run codes come from a VALUES table joined to `metrics`, so the database returns a small integer per row
     instead of the run's 32-character id, and its index on metrics.run_uuid serves the join. NaN comes as
     value 0 with is_nan set; NULL never appears in these columns, so the SQLite driver's type inference (from
     the first rows of each batch) cannot go wrong.
     """
+    if uri.startswith(SQLITE_PREFIX):
+        return _read_sqlite_metric_rows(uri, run_ids, keys)
     with _arrow_connect(uri) as (connection, mark):
         values = ", ".join(f"({mark(i + 1)}, {i})" for i in range(len(run_ids)))
         params = list(run_ids)
@@ -243,8 +246,6 @@ def _read_metric_rows(uri: str, run_ids: Sequence[str], keys: Sequence[str] | No
                  f"m.is_nan, m.timestamp FROM rs JOIN metrics m ON m.run_uuid = rs.run_uuid{where}")
         cursor = connection.cursor()
         try:
-            if uri.startswith(SQLITE_PREFIX):
-                cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(ARROW_BATCH_ROWS)})
             cursor.execute(query, params)
             table = cursor.fetch_arrow_table()  # pyarrow reads the stream without the GIL
         finally:
@@ -257,8 +258,28 @@ def _read_metric_rows(uri: str, run_ids: Sequence[str], keys: Sequence[str] | No
     return conform(rows, RAW_CURVES)
 
 
-def _qmark(n: int) -> str:
-    return "?"
+def _read_sqlite_metric_rows(uri: str, run_ids: Sequence[str], keys: Sequence[str] | None) -> pl.DataFrame:
+    """RAW_CURVES rows from a SQLite store through Python's sqlite3, the SQLite MLflow itself uses in this process."""
+    values = ", ".join(f"(?, {i})" for i in range(len(run_ids)))
+    params = list(run_ids)
+    where = ""
+    if keys is not None:
+        where = f" WHERE m.key IN ({', '.join('?' * len(keys))})"
+        params += list(keys)
+    query = (f"WITH rs (run_uuid, run) AS (VALUES {values}) SELECT rs.run, m.key, m.step, "
+             f"CASE WHEN m.is_nan THEN NULL ELSE m.value END, m.is_nan, m.timestamp "
+             f"FROM rs JOIN metrics m ON m.run_uuid = rs.run_uuid{where}")
+    connection = sqlite3.connect(f"file:{quote(str(sqlite_file(uri).resolve()))}?mode=ro", uri=True)
+    try:
+        rows = connection.execute(query, params).fetchall()
+    finally:
+        connection.close()
+    if not rows:
+        return empty(RAW_CURVES)
+    frame = pl.DataFrame(rows, schema={"run": pl.UInt32, "metric": pl.String, "step": pl.Int64, "value": pl.Float64,
+                                       "is_nan": pl.Boolean, "timestamp": pl.Int64}, orient="row")
+    frame = frame.with_columns(pl.when(pl.col("is_nan")).then(float("nan")).otherwise(pl.col("value")).alias("value"))
+    return conform(frame, RAW_CURVES)
 
 
 def _numbered(n: int) -> str:
@@ -267,15 +288,10 @@ def _numbered(n: int) -> str:
 
 @contextmanager
 def _arrow_connect(uri: str) -> Iterator[tuple[object, Callable[[int], str]]]:
-    """An ADBC connection (read-only for SQLite) and the driver's placeholder for the n-th bound parameter."""
-    if uri.startswith(SQLITE_PREFIX):
-        import adbc_driver_sqlite.dbapi as adbc
+    """An ADBC connection to PostgreSQL and the driver's placeholder for the n-th bound parameter."""
+    import adbc_driver_postgresql.dbapi as adbc
 
-        connection, mark = adbc.connect(f"file:{quote(str(sqlite_file(uri).resolve()))}?mode=ro"), _qmark
-    else:
-        import adbc_driver_postgresql.dbapi as adbc
-
-        connection, mark = adbc.connect(_libpq_conninfo(uri)), _numbered
+    connection, mark = adbc.connect(_libpq_conninfo(uri)), _numbered
     try:
         yield connection, mark
     finally:

@@ -326,3 +326,18 @@ def test_postgres_store_paths_identical(postgres_url, tmp_path, monkeypatch):
     assert_frame_equal(load_curves(study.uri, path="sql"), load_curves(study.uri, path="client"))
     plain = "postgresql://" + postgres_url.split("://", 1)[1]  # SQLAlchemy's default spelling
     assert_frame_equal(load_runs(plain), fast)
+
+
+def test_reading_a_sqlite_store_loads_no_second_sqlite_library(study):
+    """ADBC's SQLite driver links its own SQLite: closing its file drops the POSIX locks MLflow's SQLite holds on the
+    store in the same process, and a concurrent writer then corrupts it (it did, in lab-demo). The loader reads
+    SQLite through Python's sqlite3 only; a fresh process shows which libraries the reads mapped."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from analysis.load import load_curves, load_runs; "
+            f"load_runs({study.uri!r}); load_curves({study.uri!r}); "
+            "print(sorted({l.split()[-1].rsplit('/', 1)[-1] for l in open('/proc/self/maps') if 'sqlite' in l}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    assert "adbc" not in out and out.count("libsqlite3") <= 1, out
