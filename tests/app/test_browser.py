@@ -129,7 +129,7 @@ def test_dashboard_serves_charts_in_chromium(dashboard, chromium, tmp_path):
     assert (pixels < 200).mean() > 0.02, "too few dark pixels: no text or chart drawn"
 
 
-@pytest.mark.parametrize("url", ["Loss_laws", "Hyperparameters", "Critical_batch_size"])
+@pytest.mark.parametrize("url", ["Loss_laws", "Hyperparameters", "Critical_batch_size", "Schedules"])
 def test_every_law_page_draws_its_charts_in_chromium(dashboard, chromium, tmp_path, url):
     """Each law page, opened by its URL with no widget touched, draws charts and shows no exception."""
     with Chromium(chromium) as browser:

@@ -101,7 +101,8 @@ def lab_fit(*argv) -> dict:
 def test_home_summarises_the_store(store_uri, monkeypatch):
     at = open_page(store_uri, None, monkeypatch)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics == {"Runs": "16", "Finished": "15", "Experiments": "1", "Sweeps": "3"}
+    # 6 ladder, 3 schedule-study, 9 lr x B runs and one that diverges (tests/app/conftest.py)
+    assert metrics == {"Runs": "19", "Finished": "18", "Experiments": "1", "Sweeps": "4"}
 
 
 def test_one_store_box_serves_every_page_and_keeps_the_store_chosen(store_uri, tmp_path, monkeypatch):
@@ -111,7 +112,7 @@ def test_one_store_box_serves_every_page_and_keeps_the_store_chosen(store_uri, t
     client = MlflowClient(other)
     client.create_run(client.create_experiment("other", artifact_location=(tmp_path / "a").as_uri()), run_name="one")
     at = open_page(store_uri, None, monkeypatch)
-    assert "16 runs in the store" in [c.value for c in at.sidebar.caption]
+    assert "19 runs in the store" in [c.value for c in at.sidebar.caption]
     at.sidebar.text_input(key="tracking_uri").input(other).run()
     assert {m.label: m.value for m in checked(at).metric}["Runs"] == "1"
     for page in (pages.RUNS.path, pages.FORECASTS.path, pages.HOME.path):  # the box is the entrypoint's, not a page's
@@ -123,7 +124,7 @@ def test_one_store_box_serves_every_page_and_keeps_the_store_chosen(store_uri, t
 
 def test_runs_page_curves_come_from_the_store_and_follow_the_widgets(store_uri, monkeypatch):
     at = open_page(store_uri, pages.RUNS.path, monkeypatch)
-    assert at.dataframe[0].value.shape[0] == 16
+    assert at.dataframe[0].value.shape[0] == 19
     # opens on all runs of the most recent sweep of finished runs, curves loaded for them only
     assert at.selectbox(key="runs_sweep").value == "lr_batch"
     picked = at.multiselect(key="runs_picked_lr_batch").value
@@ -196,7 +197,7 @@ def test_loss_law_page_fits_the_grid_sweep_as_lab_fit_does_and_reacts_to_form_an
     assert int(held_out["Held-out runs"]) > 0 and held_out["Mean |relative error|"].endswith("%")
 
     at.selectbox(key="loss_sweep").set_value("all runs passing the filters").run()  # lr x B runs are no points
-    assert "left out 9 runs of design ['lr_batch']" in "\n".join(c.value for c in checked(at).caption)
+    assert "left out 12 runs of design ['lr_batch', 'schedule_study']" in "\n".join(c.value for c in checked(at).caption)
 
 
 def test_loss_law_page_on_a_table_gives_isoflop_minima_and_frontier(store_uri, monkeypatch):
