@@ -33,7 +33,7 @@ from pathlib import Path
 from polars.testing import assert_frame_equal
 
 from analysis.load import load_curves, load_runs
-from tracking.record import Metric
+from tracking.record import Metric, Param
 
 METRICS_PER_STEP = (Metric.TRAIN_LOSS, "tokens", "flops")
 VAL_EVERY = 10
@@ -44,7 +44,7 @@ B_TOKENS = 256
 def build_store(path: Path, runs: int, steps: int) -> None:
     """Write the benchmark store to `path` (via a temporary file, so an interrupted build is never reused)."""
     from mlflow import MlflowClient
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param as MlflowParam, RunTag
 
     tmp = path.with_suffix(".building")
     tmp.unlink(missing_ok=True)
@@ -56,7 +56,7 @@ def build_store(path: Path, runs: int, steps: int) -> None:
         run_id = client.create_run(experiment, run_name=f"bench-{i:04d}", start_time=T0 + i).info.run_id
         params = {"N": int(N), "N_total": int(N) + 16384, "optim.lr": 3e-3, "seq_len": 64, Param.B_TOKENS: B_TOKENS,
                   Param.B_SEQUENCES: 4, "model.d_model": 64, "optim.schedule": "cosine"}
-        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
+        client.log_batch(run_id, params=[MlflowParam(k, str(v)) for k, v in params.items()],
                          tags=[RunTag("sweep", "bench"), RunTag("design", "grid")])
         client.set_terminated(run_id, end_time=T0 + i + 1000 * (steps + 1))
         run_ids.append((run_id, N))

@@ -15,20 +15,27 @@ by ``MlflowClient``; every column read here also exists in mlflow 2.x stores). W
 Runs, tags, params and latest values (a few rows per run) go through plain DB-API connections (``sqlite3`` in
 read-only mode, ``psycopg`` 3) handed to ``polars.read_database``. Metric rows (millions) are read in blocks of runs
 on parallel connections, each run named by an integer code (see ``read_curves``): from PostgreSQL through the
-Arrow-native ADBC driver (``adbc-driver-postgresql``: columnar batches, no Python object per row, GIL released);
-from SQLite through Python's own ``sqlite3``, never through ADBC's SQLite driver, which links a second copy of
-SQLite into the process: closing its file descriptor drops the POSIX locks that the process's other SQLite copy
-(MLflow's, writing tags or metrics) holds on the same file, and a concurrent writer then corrupts the store
-("database disk image is malformed"; SQLite's "How To Corrupt An SQLite Database File", §2.2.1). `lab-demo` hit
-exactly that. A read-only connection can never create or migrate a store.
+Arrow-native ADBC driver (``adbc-driver-postgresql``: columnar batches, no Python object per row, GIL released).
+From SQLite, never through ADBC's SQLite driver in this process: it links a second copy of SQLite, and closing its
+file descriptor drops the POSIX locks that the process's other copy (Python's sqlite3, MLflow's) holds on the same
+file, so a concurrent writer corrupts the store ("database disk image is malformed"; SQLite's "How To Corrupt An
+SQLite Database File", §2.2.1; `lab-demo` hit exactly that). Small reads go through Python's own sqlite3 (a
+Python object per value: ~3 us a row); a block of at least ARROW_MIN_RUNS runs goes through ADBC's SQLite driver in
+a child process of its own (its locks are its own), which sends the rows back as an Arrow stream: on 1,000 runs x
+3,100 rows (benchmarks/load_runs.py) that is several times faster than sqlite3, the child's start included. A
+read-only connection can never create or migrate a store.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +56,9 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 READERS = min(4, os.cpu_count() or 1)
 """Connections reading metric rows at once, a block of at least MIN_RUNS_PER_READER runs each."""
 MIN_RUNS_PER_READER = 100  # fewer runs are read on one connection: opening more costs more than it saves
+ARROW_MIN_RUNS = 100
+"""SQLite blocks of at least this many runs are read through ADBC in a child process (its start, ~0.3 s, pays
+for itself from about this size); smaller ones through sqlite3."""
 RUNS_PER_QUERY = 10_000  # one bound parameter per run: far below SQLite's 32,766 and PostgreSQL's 65,535
 
 # MLflow stores NaN as value 0 with is_nan set; the query turns it into NULL (value is NOT NULL in MLflow's
@@ -258,28 +268,69 @@ def _read_metric_rows(uri: str, run_ids: Sequence[str], keys: Sequence[str] | No
     return conform(rows, RAW_CURVES)
 
 
+_ARROW_CHILD = """
+import json, sys
+import adbc_driver_sqlite.dbapi as adbc
+import pyarrow as pa
+spec = json.load(sys.stdin)
+connection = adbc.connect(spec["uri"])
+try:
+    cursor = connection.cursor()
+    cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
+    cursor.execute(spec["query"], spec["params"])
+    table = cursor.fetch_arrow_table()
+    cursor.close()
+finally:
+    connection.close()
+with pa.ipc.new_stream(sys.stdout.buffer, table.schema) as out:
+    out.write_table(table)
+"""
+"""The child process that reads a large block from SQLite through ADBC (module docstring): the query and its
+parameters on stdin as JSON, the rows as an Arrow IPC stream on stdout."""
+
+
 def _read_sqlite_metric_rows(uri: str, run_ids: Sequence[str], keys: Sequence[str] | None) -> pl.DataFrame:
-    """RAW_CURVES rows from a SQLite store through Python's sqlite3, the SQLite MLflow itself uses in this process."""
+    """RAW_CURVES rows from a SQLite store: through Python's sqlite3 (the SQLite MLflow uses in this process), or
+    for a block of at least ARROW_MIN_RUNS runs through ADBC in a child process (module docstring)."""
     values = ", ".join(f"(?, {i})" for i in range(len(run_ids)))
     params = list(run_ids)
     where = ""
     if keys is not None:
         where = f" WHERE m.key IN ({', '.join('?' * len(keys))})"
         params += list(keys)
-    query = (f"WITH rs (run_uuid, run) AS (VALUES {values}) SELECT rs.run, m.key, m.step, "
-             f"CASE WHEN m.is_nan THEN NULL ELSE m.value END, m.is_nan, m.timestamp "
-             f"FROM rs JOIN metrics m ON m.run_uuid = rs.run_uuid{where}")
-    connection = sqlite3.connect(f"file:{quote(str(sqlite_file(uri).resolve()))}?mode=ro", uri=True)
-    try:
-        rows = connection.execute(query, params).fetchall()
-    finally:
-        connection.close()
-    if not rows:
-        return empty(RAW_CURVES)
-    frame = pl.DataFrame(rows, schema={"run": pl.UInt32, "metric": pl.String, "step": pl.Int64, "value": pl.Float64,
-                                       "is_nan": pl.Boolean, "timestamp": pl.Int64}, orient="row")
-    frame = frame.with_columns(pl.when(pl.col("is_nan")).then(float("nan")).otherwise(pl.col("value")).alias("value"))
-    return conform(frame, RAW_CURVES)
+    query = (f"WITH rs (run_uuid, run) AS (VALUES {values}) SELECT rs.run, m.key AS metric, m.step, m.value, "
+             f"m.is_nan, m.timestamp FROM rs JOIN metrics m ON m.run_uuid = rs.run_uuid{where}")
+    target = f"file:{quote(str(sqlite_file(uri).resolve()))}?mode=ro"
+    if len(run_ids) >= ARROW_MIN_RUNS:
+        rows = pl.from_arrow(_arrow_child(target, query, params))
+        if rows.height == 0:
+            return empty(RAW_CURVES)
+        rows = rows.with_columns(pl.col("is_nan").cast(pl.Boolean))
+    else:
+        connection = sqlite3.connect(target, uri=True)
+        try:
+            found = connection.execute(query, params).fetchall()
+        finally:
+            connection.close()
+        if not found:
+            return empty(RAW_CURVES)
+        rows = pl.DataFrame(found, orient="row", schema={
+            "run": pl.UInt32, "metric": pl.String, "step": pl.Int64, "value": pl.Float64, "is_nan": pl.Boolean,
+            "timestamp": pl.Int64})
+    rows = rows.with_columns(pl.when(pl.col("is_nan")).then(float("nan")).otherwise(pl.col("value")).alias("value"))
+    return conform(rows, RAW_CURVES)
+
+
+def _arrow_child(target: str, query: str, params: list[str]) -> Any:
+    """The rows of `query` as a pyarrow Table, read by ADBC's SQLite driver in a child process (_ARROW_CHILD)."""
+    import pyarrow as pa
+
+    proc = subprocess.run([sys.executable, "-c", _ARROW_CHILD], capture_output=True,
+                          input=json.dumps({"uri": target, "query": query, "params": params}).encode())
+    if proc.returncode != 0:
+        last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        raise LoadError(f"reading metric rows from {target} in a child process failed: {last}")
+    return pa.ipc.open_stream(proc.stdout).read_all()
 
 
 def _numbered(n: int) -> str:

@@ -224,14 +224,17 @@ def test_empty_or_in_memory_uri_is_an_error_and_creates_nothing(tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
-def test_curves_read_in_parallel_blocks_match_between_paths(new_sqlite_store, tmp_path, monkeypatch):
-    """Blocks of runs read on parallel connections (2 runs each here); steps logged twice with equal timestamps
-    (ties broken by value), NaN and negative steps; a metric selection without tokens or flops."""
+@pytest.mark.parametrize("arrow_min_runs", [10**9, 1], ids=["sqlite3", "adbc-child"])
+def test_curves_read_in_parallel_blocks_match_between_paths(new_sqlite_store, tmp_path, monkeypatch, arrow_min_runs):
+    """Blocks of runs read on parallel connections (2 runs each here), through sqlite3 or through ADBC in a child
+    process; steps logged twice with equal timestamps (ties broken by value), NaN and negative steps; a metric
+    selection without tokens or flops."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     from analysis.load import sql
 
+    monkeypatch.setattr(sql, "ARROW_MIN_RUNS", arrow_min_runs)
     monkeypatch.setattr(sql, "MIN_RUNS_PER_READER", 2)
     monkeypatch.setattr(sql, "READERS", 4)
     uri = new_sqlite_store(tmp_path)
@@ -335,7 +338,7 @@ def test_reading_a_sqlite_store_loads_no_second_sqlite_library(study):
     import subprocess
     import sys
 
-    code = ("import sys; from analysis.load import load_curves, load_runs; "
+    code = ("import sys; from analysis.load import load_curves, load_runs, sql; sql.ARROW_MIN_RUNS = 1; "
             f"load_runs({study.uri!r}); load_curves({study.uri!r}); "
             "print(sorted({l.split()[-1].rsplit('/', 1)[-1] for l in open('/proc/self/maps') if 'sqlite' in l}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
