@@ -246,14 +246,7 @@ def _read_metric_rows(uri: str, run_ids: Sequence[str], keys: Sequence[str] | No
     if uri.startswith(SQLITE_PREFIX):
         return _read_sqlite_metric_rows(uri, run_ids, keys)
     with _arrow_connect(uri) as (connection, mark):
-        values = ", ".join(f"({mark(i + 1)}, {i})" for i in range(len(run_ids)))
-        params = list(run_ids)
-        where = ""
-        if keys is not None:
-            where = f" WHERE m.key IN ({', '.join(mark(len(params) + j + 1) for j in range(len(keys)))})"
-            params += list(keys)
-        query = (f"WITH rs (run_uuid, run) AS (VALUES {values}) SELECT rs.run, m.key AS metric, m.step, m.value, "
-                 f"m.is_nan, m.timestamp FROM rs JOIN metrics m ON m.run_uuid = rs.run_uuid{where}")
+        query, params = _metric_rows_query(run_ids, keys, mark)
         cursor = connection.cursor()
         try:
             cursor.execute(query, params)
@@ -266,6 +259,19 @@ def _read_metric_rows(uri: str, run_ids: Sequence[str], keys: Sequence[str] | No
     rows = rows.with_columns(pl.when(pl.col("is_nan").cast(pl.Boolean)).then(float("nan")).otherwise(pl.col("value"))
                              .alias("value"))
     return conform(rows, RAW_CURVES)
+
+
+def _metric_rows_query(run_ids: Sequence[str], keys: Sequence[str] | None,
+                       mark: Callable[[int], str]) -> tuple[str, list[str]]:
+    """The metric rows query of `_read_metric_rows` and its parameters; mark(n): the n-th placeholder."""
+    values = ", ".join(f"({mark(i + 1)}, {i})" for i in range(len(run_ids)))
+    params = list(run_ids)
+    where = ""
+    if keys is not None:
+        where = f" WHERE m.key IN ({', '.join(mark(len(params) + j + 1) for j in range(len(keys)))})"
+        params += list(keys)
+    return (f"WITH rs (run_uuid, run) AS (VALUES {values}) SELECT rs.run, m.key AS metric, m.step, m.value, "
+            f"m.is_nan, m.timestamp FROM rs JOIN metrics m ON m.run_uuid = rs.run_uuid{where}"), params
 
 
 _ARROW_CHILD = """
@@ -292,14 +298,7 @@ parameters on stdin as JSON, the rows as an Arrow IPC stream on stdout."""
 def _read_sqlite_metric_rows(uri: str, run_ids: Sequence[str], keys: Sequence[str] | None) -> pl.DataFrame:
     """RAW_CURVES rows from a SQLite store: through Python's sqlite3 (the SQLite MLflow uses in this process), or
     for a block of at least ARROW_MIN_RUNS runs through ADBC in a child process (module docstring)."""
-    values = ", ".join(f"(?, {i})" for i in range(len(run_ids)))
-    params = list(run_ids)
-    where = ""
-    if keys is not None:
-        where = f" WHERE m.key IN ({', '.join('?' * len(keys))})"
-        params += list(keys)
-    query = (f"WITH rs (run_uuid, run) AS (VALUES {values}) SELECT rs.run, m.key AS metric, m.step, m.value, "
-             f"m.is_nan, m.timestamp FROM rs JOIN metrics m ON m.run_uuid = rs.run_uuid{where}")
+    query, params = _metric_rows_query(run_ids, keys, lambda n: "?")
     target = f"file:{quote(str(sqlite_file(uri).resolve()))}?mode=ro"
     if len(run_ids) >= ARROW_MIN_RUNS:
         rows = pl.from_arrow(_arrow_child(target, query, params))
