@@ -80,8 +80,7 @@ def _fit(args: argparse.Namespace, df: pl.DataFrame, target: dict[str, float], s
     fit = fit_loss(df, bootstrap=args.bootstrap, **kw)
     if "C" in target:
         opt = compute_optimal(fit, [target["C"]]).row(0, named=True)
-        preds = {"loss": _pred(opt["loss_opt"]), "N": _pred(opt["N_opt"], opt["N_opt_lo"], opt["N_opt_hi"]),
-                 "D": _pred(opt["D_opt"], opt["D_opt_lo"], opt["D_opt_hi"])}
+        preds = {q: _pred(opt[f"{q}_opt"], opt[f"{q}_opt_lo"], opt[f"{q}_opt_hi"]) for q in ("loss", "N", "D")}
         return preds, loss_sensitivity(df, [target["C"]], kw) if sens_on else [], {"params": fit.params}
     est, lo, hi = (float(v) for v in prediction_interval(fit, target["N"], target["D"]))
     sens = loss_sensitivity_at(df, target["N"], target["D"], kw) if sens_on else []

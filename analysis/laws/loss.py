@@ -161,7 +161,8 @@ def _require_chinchilla(result: FitResult) -> None:
 
 def compute_optimal(result: FitResult, C: Any) -> pl.DataFrame:
     """Compute-optimal N and D for budgets C (FLOPs, C = 6·N·D) from a chinchilla fit, with percentile 95%
-    intervals from the bootstrap draws, tokens per parameter D_opt/N_opt and the loss at the optimum."""
+    intervals from the bootstrap draws, tokens per parameter D_opt/N_opt and the loss at the optimum (its interval:
+    each draw's loss at that draw's own optimum)."""
     _require_chinchilla(result)
     C = np.atleast_1d(np.asarray(C, dtype=float))
     if not (np.isfinite(C).all() and (C > 0).all()):
@@ -184,4 +185,10 @@ def compute_optimal(result: FitResult, C: Any) -> pl.DataFrame:
                   else (np.full(C.size, np.nan), np.full(C.size, np.nan)))
         cols[f"{name}_lo"], cols[f"{name}_hi"] = lo, hi
     cols["loss_opt"] = p_loss
+    if draws is not None:  # each resample's loss at its own optimum
+        E, A, B, alpha, beta = (np.asarray(d[k], dtype=float)[:, None] for k in ("E", "A", "B", "alpha", "beta"))
+        loss_draws = E + A / draws[0] ** alpha + B / draws[1] ** beta
+        cols["loss_opt_lo"], cols["loss_opt_hi"] = np.percentile(loss_draws, [2.5, 97.5], axis=0)
+    else:
+        cols["loss_opt_lo"] = cols["loss_opt_hi"] = np.full(C.size, np.nan)
     return pl.DataFrame(cols)

@@ -101,7 +101,7 @@ def test_chinchilla_points_bootstrap_standard_errors_match_besiroglu():
     table = compute_optimal(fit, [1e21, 1e24])
     np.testing.assert_allclose(6 * table["N_opt"] * table["D_opt"], table["C"], rtol=1e-10)
     np.testing.assert_allclose(table["tokens_per_param"], table["D_opt"] / table["N_opt"], rtol=1e-12)
-    for col in ("N_opt", "D_opt", "tokens_per_param"):
+    for col in ("N_opt", "D_opt", "tokens_per_param", "loss_opt"):
         assert (table[f"{col}_lo"] < table[col]).all() and (table[col] < table[f"{col}_hi"]).all()
     exponents = allocation_exponents(fit)
     a, a_lo, a_hi = exponents["a"]
@@ -146,7 +146,7 @@ def test_compute_optimal_is_the_minimum_of_the_law_on_the_budget():
     loss = predict_loss(fit, N=N, D=C / (6 * N))
     assert np.argmin(loss) == 1
     assert loss[1] == pytest.approx(row["loss_opt"], rel=1e-12)
-    assert np.isnan(row["N_opt_lo"])  # no bootstrap, no interval
+    assert np.isnan(row["N_opt_lo"]) and np.isnan(row["loss_opt_hi"])  # no bootstrap, no interval
 
 
 def test_predict_loss_and_result_predict_agree():
