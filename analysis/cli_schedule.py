@@ -53,6 +53,8 @@ SKIP_FRACTION = 0.1
 """Losses in each run's first 10% of steps are left out: there the loss falls from its initial value (ln V) faster
 than any power of the LR area (on lab-train runs of 600-1,000 steps the first points miss by 18-100% and raise the
 fitted runs' mean error); the laws describe the curve after that transient."""
+POINTS = 200
+"""At most this many points per run are fitted (--points): window means of a denser curve (thin_curve)."""
 LR_JUMP = 0.05
 """train/loss smoothing: a one-step lr change above this fraction of the peak is a jump no window may straddle."""
 
@@ -65,7 +67,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--form", choices=sf.FORMS, default=sf.MULTI_POWER)
     p.add_argument("--metric", choices=METRICS, default=Metric.VAL_LOSS, help="store: the loss curve to fit")
     p.add_argument("--smooth", type=int, default=25, metavar="W", help="store, train/loss: centred mean over W steps")
-    p.add_argument("--points", type=int, default=200, help="at most this many points per run (a table's denser "
+    p.add_argument("--points", type=int, default=POINTS, help="at most this many points per run (a table's denser "
                    "runs: each kept point the mean of the losses around it)")
     p.add_argument("--skip-fraction", type=float, default=SKIP_FRACTION, metavar="F",
                    help="leave out each run's losses in its first F of steps (the initial transient)")
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace, say: Progress) -> dict[str, Any]:
 
 
 def fit_curves(curves: dict[str, Curve], fit_runs: list[str], names: dict[str, str], form: str, bootstrap: int,
-               delta: float, seed: int, skip_fraction: float = SKIP_FRACTION, points: int | None = None
+               delta: float, seed: int, skip_fraction: float = SKIP_FRACTION, points: int | None = POINTS
                ) -> tuple[ScheduleFit, list[dict[str, Any]], pl.DataFrame, list[Curve]]:
     """Fit `form` to the `fit_runs` (ids or names) among `curves`, each run's first skip_fraction left out and at
     most `points` points of each (analysis.laws.schedule.thin_curve: window means of a denser curve), and predict
@@ -215,7 +217,7 @@ def _resolve(run: str, names: dict[str, str]) -> str:
 
 
 def store_curves(uri: str, runs: pl.DataFrame, fit_runs: list[str], metric: str = Metric.VAL_LOSS,
-                 smooth: int = 25, points: int = 200, say: Progress | None = None
+                 smooth: int = 25, points: int = POINTS, say: Progress | None = None
                  ) -> tuple[dict[str, Curve], dict[str, str]]:
     """The lr and loss curves (module docstring) of the FINISHED `runs` of the fitted runs' size and one batch size
     throughout, and run_id -> run_name; refuses fitted runs of several sizes or with a batch-size schedule."""
