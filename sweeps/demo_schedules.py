@@ -20,12 +20,14 @@ import polars as pl
 
 from sweeps.demo_batch import Branches, shape
 
-FIT_SCHEDULES = {"cosine": {"schedule": "cosine", "min_lr_ratio": 0.1},
-                 "constant": {"schedule": "constant"},
-                 "two_stage": {"schedule": "two_stage", "decay_fraction": 0.3, "min_lr_ratio": 0.1}}
-"""Luo et al. 2025's three fitting runs: cosine, constant and a two-stage drop (to 10% for the last 30%)."""
-HELD_OUT = {"wsd": {"schedule": "wsd", "decay_fraction": 0.2, "decay_shape": "1-sqrt", "min_lr_ratio": 0.0}}
-"""The schedule predicted before it trains: warmup-stable-decay, 1-sqrt decay over the last 20% to 0."""
+def shipped_design() -> dict[str, Any]:
+    """The schedule study as conf/sweep/schedule_study.yaml ships it (Luo et al. 2025's three fitting runs, cosine,
+    constant and a two-stage drop, with WSD held out): the demo runs exactly that study, at its own scale."""
+    import importlib.resources
+
+    import yaml
+
+    return yaml.safe_load((importlib.resources.files("conf") / "sweep" / "schedule_study.yaml").read_text())["design"]
 
 
 @dataclass(frozen=True)
@@ -43,17 +45,11 @@ class Schedules:
     """A larger validation set than the other studies: the curves' points are what the law is fitted to."""
 
 
-def _inline(fields: dict[str, Any]) -> str:
-    return "{" + ",".join(f"{k}:{v}" for k, v in fields.items()) + "}"
-
-
 def schedules_overrides(s: Schedules, sweep_id: str, train_held_out: bool) -> list[str]:
-    schedules = {**FIT_SCHEDULES, **HELD_OUT}
+    """The shipped study's schedules at the demo's scale; train_held_out=False launches the fitted ones only."""
     return ["sweep=schedule_study", f"hydra.sweeper.id={sweep_id}",
             f"hydra.sweeper.design.sizes=[{{d_model:{s.width},n_layers:2,n_heads:{s.heads}}}]",
             f"hydra.sweeper.design.tokens={s.tokens}", f"hydra.sweeper.design.lr={s.lr}",
-            f"hydra.sweeper.design.schedules={{{','.join(f'{k}:{_inline(v)}' for k, v in schedules.items())}}}",
-            f"hydra.sweeper.design.held_out=[{','.join(HELD_OUT)}]",
             f"hydra.sweeper.design.train_held_out={str(train_held_out).lower()}",
             f"batch.sequences={s.sequences}", f"batch.micro_batch={s.sequences}",
             f"trainer.val_every_steps={s.val_every_steps}", f"data.val_sequences={s.val_sequences}"]
@@ -74,7 +70,8 @@ def held_out_runs(s: Schedules, train_overrides: list[str]) -> dict[str, list[st
     task = [*train_overrides, f"batch.sequences={s.sequences}", f"batch.micro_batch={s.sequences}"]
     cfg = compose_config(task)
     base = Base.from_config(cfg.model, cfg.batch, [_size(s)])
-    specs = schedules(base, s.tokens, s.lr, {**FIT_SCHEDULES, **HELD_OUT}, held_out=list(HELD_OUT))
+    shipped = shipped_design()
+    specs = schedules(base, s.tokens, s.lr, shipped["schedules"], held_out=shipped["held_out"])
     return {spec.tags[Tag.SCHEDULE_NAME]: [*task, *spec.overrides] for spec in specs
             if spec.tags[Tag.ROLE] == Role.HELD_OUT}
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from lab.config import BatchConfig, ModelConfig
 from sweeps.catalog import expand
+from sweeps.demo_schedules import shipped_design
 from sweeps.designs import Base, DesignError
 from sweeps.schedule_study import planned_lr, schedules
 from tracking.record import Design, Metric, Role, Tag
@@ -28,7 +27,7 @@ SCHEDULES = {"cosine": {"schedule": "cosine", "min_lr_ratio": 0.1}, "constant": 
 # the shipped one, so a schedule is dropped with ~
 DESIGN = ["sweep=schedule_study", "hydra.sweeper.design.sizes=[1]", f"hydra.sweeper.design.tokens={D}",
           "hydra.sweeper.design.lr=3e-3", "~hydra.sweeper.design.schedules.two_stage"]
-SHIPPED = yaml.safe_load((Path(__file__).parents[2] / "conf" / "sweep" / "schedule_study.yaml").read_text())["design"]
+SHIPPED = shipped_design()
 
 
 def smoke_base() -> Base:
