@@ -63,15 +63,14 @@ def held_out_runs(s: Schedules, train_overrides: list[str]) -> dict[str, list[st
     """The held-out runs' names and the overrides lab-train will get for them (the design's own expansion, after
     the demo's task overrides), to plan their lr sequences before they train."""
     from lab.train import compose_config
-    from sweeps.designs import Base
-    from sweeps.schedule_study import schedules
+    from sweeps.catalog import expand
     from tracking.record import Role, Tag
 
     task = [*train_overrides, f"batch.sequences={s.sequences}", f"batch.micro_batch={s.sequences}"]
     cfg = compose_config(task)
-    base = Base.from_config(cfg.model, cfg.batch, [_size(s)])
-    shipped = shipped_design()
-    specs = schedules(base, s.tokens, s.lr, shipped["schedules"], held_out=shipped["held_out"])
+    # what lab-sweep expands: the shipped design at the demo's size, tokens and lr, held-out runs included
+    design = {**shipped_design(), "sizes": [_size(s)], "tokens": s.tokens, "lr": s.lr, "train_held_out": True}
+    specs = expand(design, cfg.model, cfg.batch)
     return {spec.tags[Tag.SCHEDULE_NAME]: [*task, *spec.overrides] for spec in specs
             if spec.tags[Tag.ROLE] == Role.HELD_OUT}
 
