@@ -42,8 +42,8 @@ from analysis.laws.schedule import (SCHEMA, Curve, ScheduleFit, curves_from_fram
                                     relative_errors, select_runs, thin_curve)
 from analysis.laws.schedule_choose import ScheduleChoice, choose_schedule, write_lr_table
 from analysis.load import load_curves, load_table
-from analysis.points import schedule_fit_runs, schedule_points
-from tracking.record import Design, Metric, Role
+from analysis.points import schedule_points, schedule_runs
+from tracking.record import Design, Metric
 
 BATCH_SCHEDULE = "param.batch.schedule"
 FORMULAS = {sf.MULTI_POWER: "L(t) = L0 + A·(S1+S_W)^-alpha - B·Σ_k (η_k-1 − η_k)·(1 − (C·η_k^-gamma·S_k(t) + 1)^-beta)",
@@ -192,19 +192,21 @@ def schedule_report(fit: ScheduleFit, rows: list[dict[str, Any]]) -> str:
 
 
 def study_fit_runs(runs: pl.DataFrame, say: Progress) -> list[str]:
-    """Without --fit-runs: the role=fit runs of the selection's schedule study (analysis.points.schedule_points)."""
-    study = schedule_points(runs)
-    fit = schedule_fit_runs(study)
-    if not fit:
+    """Without --fit-runs: the role=fit runs of the selection's schedule study, as the dashboard's Schedules page
+    takes them (analysis.points.schedule_runs)."""
+    chosen = schedule_runs(runs)
+    if chosen is None or chosen.sweep is None:
         raise CliError("no --fit-runs given and the selection holds no finished schedule-study runs of role fit "
                        f"(design {Design.SCHEDULES}); name the runs to fit with --fit-runs, or run lab-sweep "
                        f"sweep={Design.SCHEDULES} and pass its sweep id with --sweep")
+    study = schedule_points(runs)
     if len(study.sweeps) > 1:
         raise CliError(f"the selection holds the schedule studies {study.sweeps}; choose one with --sweep")
-    held = study.frame.filter(pl.col("role") != Role.FIT)["run_name"].to_list()
-    say(f"fitting the study's role=fit runs {study.frame.filter(pl.col('role') == Role.FIT)['run_name'].to_list()}"
+    names = dict(zip(study.frame["run_id"].to_list(), study.frame["run_name"].to_list()))
+    held = [names[r] for r in chosen.held_out]
+    say(f"fitting the study's role=fit runs {[names[r] for r in chosen.fit]}"
         f"{'; predicting ' + str(held) if held else ''}")
-    return fit
+    return list(chosen.fit)
 
 
 def _resolve(run: str, names: dict[str, str]) -> str:

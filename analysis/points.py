@@ -277,11 +277,6 @@ def schedule_points(runs: pl.DataFrame) -> Points:
     return Points("schedule", frame, done, tuple(notes), _mixed(done, "schedule"))
 
 
-def schedule_fit_runs(points: Points) -> list[str]:
-    """Run ids of a schedule study's role=fit runs (the runs its law is fitted on by default)."""
-    return points.frame.filter(pl.col("role") == Role.FIT)["run_id"].to_list()
-
-
 SCHEDULE_NAME = f"tag.{Tag.SCHEDULE_NAME}"
 """Column of the runs frame naming a schedule study's LR schedule variant (cosine, constant, two_stage, wsd, ...)."""
 OPTIM_SCHEDULE = "param.optim.schedule"
@@ -327,11 +322,9 @@ def schedule_runs(runs: pl.DataFrame) -> ScheduleRuns | None:
     3. Else None: no runs of one model and one batch under different schedules, so no selection is a fit of the
        law (a mix of sizes or batch sizes is not one).
     """
-    done = from_scratch(finished(training_runs(runs))).drop_nulls(["N", "B"])
-    done = done.with_columns(schedule=schedule_of(done)).sort("start_time", nulls_last=True)
-    if DESIGN in done.columns and ROLE in done.columns:
-        study = done.filter((pl.col(DESIGN) == Design.SCHEDULES) & pl.col(SWEEP).is_not_null())
-        with_fit = study.filter(pl.col(ROLE) == Role.FIT)
+    study = schedule_points(runs).runs.sort("start_time", nulls_last=True)
+    if ROLE in study.columns and SWEEP in study.columns:
+        with_fit = study.filter((pl.col(ROLE) == Role.FIT) & pl.col(SWEEP).is_not_null())
         if with_fit.height:
             sweep = with_fit.group_by(SWEEP).agg(pl.col("start_time").max()).sort(
                 "start_time", descending=True, nulls_last=True)[SWEEP][0]
@@ -343,6 +336,8 @@ def schedule_runs(runs: pl.DataFrame) -> ScheduleRuns | None:
                     f"{Role.HELD_OUT} predicted" + (f" ({untagged} runs with neither role left out)" if untagged else ""))
             return ScheduleRuns(tuple(fit["run_id"]), tuple(held["run_id"]), float(fit["N"][0]), float(fit["B"][0]),
                                 sweep, note)
+    done = from_scratch(finished(training_runs(runs))).drop_nulls(["N", "B"])
+    done = done.with_columns(schedule=schedule_of(done)).sort("start_time", nulls_last=True)
     groups = (done.drop_nulls("schedule").group_by("N", "B")
               .agg(pl.len().alias("runs"), pl.col("schedule").n_unique().alias("n_schedules"),
                    pl.col("start_time").max())

@@ -318,22 +318,23 @@ def main(argv: list[str] | None = None) -> int:
 def schedule_study(console: Console, s: Scale, base: list[str], bootstrap: int) -> tuple[Any, bool]:
     """Part 4: train the fitted schedules, predict the held-out one before it trains, train it, compare."""
     sched, sweep_id = s.schedules, f"{s.prefix}-schedules"
+    task = study_base(base, sched)
     fit_runs, ok_fit = sweep(console, "4/5 schedules", sweep_id,
-                             [*schedules_overrides(sched, sweep_id, train_held_out=False), *study_base(base, sched)])
+                             [*schedules_overrides(sched, sweep_id, train_held_out=False), *task])
     title = (f"4. Schedule study: width {sched.width}, D = {sched.tokens} tokens at B = {sched.sequences * SEQ_LEN} "
              f"tokens, peak lr {sched.lr:g}; Multi-Power Law fitted on cosine, constant, two-stage, WSD predicted")
     with into_report(console, REPORT, title):
         try:
-            forecast = predict_held_out(TRACKING_URI, EXPERIMENT, sweep_id, train_overrides(study_base(base, sched)),
-                                        sched, bootstrap, SCHEDULE_FORECAST)
+            forecast = predict_held_out(TRACKING_URI, fit_runs, sweep_id, train_overrides(task), sched, bootstrap,
+                                        SCHEDULE_FORECAST)
         except ValueError as err:
             print(f"  the schedule law cannot be fitted: {err}")
             return err, False
-    _, ok_held = sweep(console, "4/5 schedules, held out", sweep_id,
-                       [*schedules_overrides(sched, sweep_id, train_held_out=True), *study_base(base, sched)])
+    study_runs, ok_held = sweep(console, "4/5 schedules, held out", sweep_id,
+                                [*schedules_overrides(sched, sweep_id, train_held_out=True), *task])
     with into_report(console, REPORT, "4. Schedule study: the held-out schedule, predicted against realised"):
         try:
-            check: Any = check_held_out(TRACKING_URI, EXPERIMENT, sweep_id, forecast)
+            check: Any = check_held_out(TRACKING_URI, study_runs, forecast)
         except (ValueError, KeyError) as err:
             print(f"  no held-out check: {err}")
             check = err

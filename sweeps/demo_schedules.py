@@ -86,20 +86,21 @@ class HeldOutForecast:
     steps: dict[str, int]
 
 
-def predict_held_out(tracking_uri: str, experiment: str, sweep_id: str, train_overrides: list[str], s: Schedules,
-                     bootstrap: int, out: Path) -> HeldOutForecast:
-    """Fit the Multi-Power Law on the study's finished role=fit runs (what `lab-fit schedule --sweep` fits) and
-    predict the final loss of every held-out schedule from the lr sequence lab-train will use
-    (sweeps.schedule_study.planned_lr); the prediction is written to `out` before the held-out runs train."""
+def predict_held_out(tracking_uri: str, runs: pl.DataFrame, sweep_id: str, train_overrides: list[str],
+                     s: Schedules, bootstrap: int, out: Path) -> HeldOutForecast:
+    """Fit the Multi-Power Law on the study's finished role=fit runs among `runs` (the study's runs as loaded after
+    its launch; what `lab-fit schedule --sweep` fits) and predict the final loss of every held-out schedule from
+    the lr sequence lab-train will use (sweeps.schedule_study.planned_lr); the prediction is written to `out`
+    before the held-out runs train."""
     from analysis.cli_schedule import fit_curves, schedule_report, store_curves
     from analysis.laws.schedule import predict_curve
-    from analysis.load import load_runs
-    from analysis.points import schedule_fit_runs, schedule_points
+    from analysis.points import schedule_runs
     from sweeps.schedule_study import planned_lr
-    from tracking.record import Tag
 
-    runs = load_runs(tracking_uri, experiment=experiment, filter_tags={Tag.SWEEP: sweep_id})
-    fit_ids = schedule_fit_runs(schedule_points(runs))
+    chosen = schedule_runs(runs)
+    if chosen is None or chosen.sweep is None:
+        raise ValueError(f"no finished run of role fit in the schedule study {sweep_id}")
+    fit_ids = list(chosen.fit)
     curves, names = store_curves(tracking_uri, runs, fit_ids)
     fit, rows, _, _ = fit_curves(curves, fit_ids, names, "multi-power", bootstrap, 1e-3, 0)
     print(schedule_report(fit, rows))
@@ -127,15 +128,14 @@ class HeldOutCheck:
         return self.predicted_final[name] / self.realised_final[name] - 1.0
 
 
-def check_held_out(tracking_uri: str, experiment: str, sweep_id: str, forecast: HeldOutForecast) -> HeldOutCheck:
-    """The held-out runs as trained: their final val/loss and curves against what the law predicted before."""
+def check_held_out(tracking_uri: str, runs: pl.DataFrame, forecast: HeldOutForecast) -> HeldOutCheck:
+    """The held-out runs as trained (`runs`: the study's runs as loaded after its second launch): their final
+    val/loss and curves against what the law predicted before."""
     from analysis.cli_schedule import SKIP_FRACTION, store_curves
     from analysis.laws.schedule import predict_curve, relative_errors
-    from analysis.load import load_runs
     from analysis.points import schedule_points
     from tracking.record import Role, Tag
 
-    runs = load_runs(tracking_uri, experiment=experiment, filter_tags={Tag.SWEEP: sweep_id})
     held = schedule_points(runs).frame.filter(pl.col("role") == Role.HELD_OUT)
     curves, _ = store_curves(tracking_uri, runs, forecast.fit_ids)
     realised, errors = {}, {}
