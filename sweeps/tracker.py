@@ -41,12 +41,12 @@ class SweepTracker:
         params = {f"design.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in design.items()}
         run_id, _ = tracked.open_parent(
             self.client, self.experiment, {Tag.SWEEP_PARENT: sweep}, f"sweep-{sweep}",
-            {Tag.SWEEP_DESIGN: str(design.get("name")), Tag.SWEEP_RUNS: str(len(specs))},
+            {Tag.SWEEP_DESIGN: str(design.get("name"))},
             {**params, "overrides": " ".join(task_overrides)[:6000]})
         self.client.log_text(run_id, json.dumps([s.to_dict() for s in specs], indent=1), Artifact.DESIGN)
-        # this launch's count: a relaunch may add runs (a schedule study's held-out runs, more seeds)
-        self.client.set_tag(run_id, Tag.SWEEP_RUNS, str(len(specs)))
-        self.client.set_tag(run_id, Tag.SWEEP_STATUS, SweepStatus.RUNNING)
+        # this launch's run count: a relaunch may add runs (a schedule study's held-out runs, more seeds)
+        self.client.log_batch(run_id, tags=[RunTag(Tag.SWEEP_RUNS, str(len(specs))),
+                                            RunTag(Tag.SWEEP_STATUS, SweepStatus.RUNNING)])
         return run_id
 
     def previous_runs(self, sweep: str) -> dict[str, Previous]:
