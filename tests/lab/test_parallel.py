@@ -119,30 +119,20 @@ def test_fsdp_checkpoint_is_sharded_and_resumes_into_the_single_process_curve(ru
     assert history(client, fsdp, "throughput/peak_memory_mb")[-1][1] > 0
 
 
-def test_sharded_grad_norm_equals_whole_norm_on_a_one_rank_mesh(tmp_path):
-    import torch.distributed as dist
+def test_sharded_grad_norm_equals_whole_norm_on_a_one_rank_mesh(one_rank_group, twin_gpts):
     from torch.distributed.device_mesh import init_device_mesh
 
-    from lab.model import GPT, GPTConfig
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        whole = GPT(GPTConfig(vocab_size=32, seq_len=8, d_model=16, n_layers=2, n_heads=2))
-        sharded = GPT(whole.cfg)
-        sharded.load_state_dict(whole.state_dict())
-        parallel.shard(sharded, init_device_mesh("cpu", (1,)))
-        x = torch.randint(0, 32, (2, 8))
-        for m in (whole, sharded):
-            torch.nn.functional.cross_entropy(m(x).flatten(0, 1), x.flatten()).backward()
-        assert any(parallel._is_dtensor(p.grad) for p in sharded.parameters())
-        expected = float(parallel.grad_sq_norm(whole.parameters()))
-        assert float(parallel.grad_sq_norm(sharded.parameters())) == pytest.approx(expected, rel=1e-5)
-        norm = parallel.clip_grad_norm(sharded.parameters(), max_norm=0.5 * expected**0.5)
-        assert float(norm) == pytest.approx(expected**0.5, rel=1e-5)
-        assert float(parallel.grad_sq_norm(sharded.parameters())) == pytest.approx(0.25 * expected, rel=1e-4)
-    finally:
-        dist.destroy_process_group()
+    whole, sharded = twin_gpts(vocab_size=32, seq_len=8, d_model=16)
+    parallel.shard(sharded, init_device_mesh("cpu", (1,)))
+    x = torch.randint(0, 32, (2, 8))
+    for m in (whole, sharded):
+        torch.nn.functional.cross_entropy(m(x).flatten(0, 1), x.flatten()).backward()
+    assert any(parallel._is_dtensor(p.grad) for p in sharded.parameters())
+    expected = float(parallel.grad_sq_norm(whole.parameters()))
+    assert float(parallel.grad_sq_norm(sharded.parameters())) == pytest.approx(expected, rel=1e-5)
+    norm = parallel.clip_grad_norm(sharded.parameters(), max_norm=0.5 * expected**0.5)
+    assert float(norm) == pytest.approx(expected**0.5, rel=1e-5)
+    assert float(parallel.grad_sq_norm(sharded.parameters())) == pytest.approx(0.25 * expected, rel=1e-4)
 
 
 def test_strategy_names_map_to_lightning():
